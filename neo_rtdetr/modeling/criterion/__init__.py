@@ -1,0 +1,4 @@
+from .matcher import HungarianMatcher
+from .rtdetr_criterion import RTDETRCriterion
+
+__all__ = ["HungarianMatcher", "RTDETRCriterion"]

@@ -1,0 +1,82 @@
+"""Conv + BatchNorm + activation block and the activation factory shared by backbone and encoder.
+
+Attribute names (``conv``, ``norm``, ``act``) are those of the official rtdetr_pytorch
+``ConvNormLayer`` so that official state dicts load without renaming.
+"""
+
+from typing import Optional, Union
+
+from torch import Tensor, nn
+
+__all__ = ["ConvNormLayer", "get_activation"]
+
+_ACTIVATIONS = {
+    "relu": nn.ReLU,
+    "silu": nn.SiLU,
+    "gelu": nn.GELU,
+    "leaky_relu": nn.LeakyReLU,
+    "identity": nn.Identity,
+}
+
+
+def get_activation(act: Union[str, nn.Module, None]) -> nn.Module:
+    """Build an activation module from its name.
+
+    Args:
+        act: ``"relu"``, ``"silu"``, ``"gelu"``, ``"leaky_relu"``, ``"identity"`` (case-insensitive),
+            ``None`` (identity), or an ``nn.Module`` instance, returned as is.
+
+    Returns:
+        A new activation module (never in-place: the official code uses in-place ReLU/SiLU, which
+        gives the same values but is unfriendly to hooks and autograd checks).
+
+    Raises:
+        ValueError: for an unknown name.
+    """
+    if act is None:
+        return nn.Identity()
+    if isinstance(act, nn.Module):
+        return act
+    try:
+        return _ACTIVATIONS[act.lower()]()
+    except KeyError:
+        raise ValueError(f"unknown activation {act!r}; expected one of {sorted(_ACTIVATIONS)} or None") from None
+
+
+class ConvNormLayer(nn.Module):
+    """``Conv2d -> BatchNorm2d -> activation``.
+
+    Args:
+        ch_in: input channels C_in.
+        ch_out: output channels C_out.
+        kernel_size: square kernel size k.
+        stride: convolution stride s.
+        padding: convolution padding; ``None`` means ``(k - 1) // 2`` ("same" for odd k).
+        bias: whether the convolution has a bias (official default False: BN follows).
+        act: activation name / module / None (see :func:`get_activation`).
+
+    Shapes:
+        input ``[B, C_in, H, W]`` -> output ``[B, C_out, H', W']`` with
+        ``H' = floor((H + 2p - k) / s) + 1`` (same for W).
+    """
+
+    def __init__(
+        self,
+        ch_in: int,
+        ch_out: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: Optional[int] = None,
+        bias: bool = False,
+        act: Union[str, nn.Module, None] = None,
+    ):
+        super().__init__()
+        if padding is None:
+            padding = (kernel_size - 1) // 2
+        self.conv = nn.Conv2d(ch_in, ch_out, kernel_size, stride, padding=padding, bias=bias)
+        self.norm = nn.BatchNorm2d(ch_out)
+        self.act = get_activation(act)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Args: x ``[B, C_in, H, W]``. Returns: ``[B, C_out, H', W']``."""
+        return self.act(self.norm(self.conv(x)))

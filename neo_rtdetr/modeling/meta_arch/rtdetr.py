@@ -1,0 +1,203 @@
+"""RTDETR: the Detectron2 meta-architecture wrapping backbone, hybrid encoder, decoder and criterion."""
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from detectron2.modeling import META_ARCH_REGISTRY
+from detectron2.modeling.postprocessing import detector_postprocess
+from detectron2.structures import Boxes, ImageList, Instances
+
+from neo_rtdetr.modeling.layers.box_ops import box_cxcywh_to_xyxy
+
+__all__ = ["RTDETR", "TARGET_BOXES_FIELD"]
+
+#: Field of ``Instances`` holding the training targets' boxes: normalised (cx, cy, w, h) in [0, 1]
+#: relative to the augmented image (before padding). Written by the dataset mapper; the model never
+#: converts pixel boxes itself.
+TARGET_BOXES_FIELD = "gt_boxes_cxcywh"
+
+
+@META_ARCH_REGISTRY.register()
+class RTDETR(nn.Module):
+    """RT-DETR (Zhao et al., "DETRs Beat YOLOs on Real-time Object Detection") in Detectron2's contract.
+
+    The state dict has exactly the official rtdetr_pytorch layout (``backbone.*``, ``encoder.*``,
+    ``decoder.*``): official checkpoints load without renaming. Pixel mean/std are non-persistent
+    buffers.
+
+    Args (keyword-only):
+        backbone: a Detectron2 ``Backbone`` (e.g. ``PResNet``) returning 3 feature maps.
+        encoder: ``HybridEncoder``: list of 3 maps -> list of 3 maps.
+        decoder: ``RTDETRTransformer``.
+        criterion: ``RTDETRCriterion`` (used in training only).
+        num_classes: number of real classes K (sigmoid classification, no background); must equal the
+            decoder's and the criterion's (configs tie them with ``${..num_classes}``).
+        pixel_mean / pixel_std: per-channel normalisation of the input images, in ``input_format``
+            order. The defaults (0 / 255) give the official weights the [0, 1] inputs they expect.
+        input_format: channel order of ``batched_inputs[i]["image"]`` ("RGB" for official weights).
+        num_top_queries: detections per image at inference (top-k over queries x classes).
+        size_divisibility: inputs are zero-padded bottom/right to a multiple of this.
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        criterion: nn.Module,
+        num_classes: int,
+        pixel_mean: Sequence[float] = (0.0, 0.0, 0.0),
+        pixel_std: Sequence[float] = (255.0, 255.0, 255.0),
+        input_format: str = "RGB",
+        num_top_queries: int = 300,
+        size_divisibility: int = 32,
+    ):
+        super().__init__()
+        self.backbone = backbone
+        self.encoder = encoder
+        self.decoder = decoder
+        self.criterion = criterion
+        for name, part in (("decoder", decoder), ("criterion", criterion)):
+            if getattr(part, "num_classes", num_classes) != num_classes:
+                raise ValueError(f"RTDETR: num_classes={num_classes} but the {name} has num_classes={part.num_classes}")
+        if input_format not in ("RGB", "BGR"):
+            raise ValueError(f"input_format must be 'RGB' or 'BGR', got {input_format!r}")
+        if len(pixel_mean) != 3 or len(pixel_std) != 3:
+            raise ValueError("pixel_mean and pixel_std need 3 values")
+        self.input_format = input_format
+        self.num_top_queries = int(num_top_queries)
+        self.size_divisibility = int(size_divisibility)
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    @property
+    def num_classes(self) -> int:
+        return self.decoder.num_classes
+
+    # ------------------------------------------------------------------------------------------ inputs
+    def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
+        """Normalise and batch the images; pad bottom/right to ``size_divisibility``.
+
+        Returns:
+            ImageList with ``tensor`` [B, 3, H_pad, W_pad] and ``image_sizes`` (h, w) before padding.
+        """
+        images = []
+        for i, x in enumerate(batched_inputs):
+            image = x["image"]
+            if not isinstance(image, Tensor) or image.dim() != 3 or image.shape[0] != 3:
+                shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
+                raise ValueError(f"batched_inputs[{i}]['image'] must be a [3, H, W] tensor, got {shape}")
+            image = image.to(self.device, self.pixel_mean.dtype, non_blocking=True)
+            images.append((image - self.pixel_mean) / self.pixel_std)
+        return ImageList.from_tensors(images, self.size_divisibility)
+
+    def prepare_targets(self, batched_inputs: List[Dict], images: ImageList) -> List[Dict[str, Tensor]]:
+        """Criterion targets: per image ``labels`` [n] and ``boxes`` [n, 4] normalised cxcywh.
+
+        The mapper's boxes are normalised by the image size before padding; they are rescaled to the
+        padded frame the network sees (a no-op when no padding was needed).
+        """
+        H, W = images.tensor.shape[-2:]
+        targets = []
+        for i, x in enumerate(batched_inputs):
+            if "instances" not in x:
+                raise ValueError(f"training needs batched_inputs[{i}]['instances'] (use RTDETRDatasetMapper)")
+            inst = x["instances"]
+            if not inst.has(TARGET_BOXES_FIELD):
+                raise ValueError(
+                    f"batched_inputs[{i}]['instances'] has no '{TARGET_BOXES_FIELD}' (normalised cxcywh boxes); "
+                    "RT-DETR does not train on pixel boxes: build the data with RTDETRDatasetMapper"
+                )
+            h, w = images.image_sizes[i]
+            boxes = inst.get(TARGET_BOXES_FIELD).to(self.device, torch.float32)
+            scale = boxes.new_tensor([w / W, h / H, w / W, h / H])
+            targets.append({"labels": inst.gt_classes.to(self.device), "boxes": boxes * scale})
+        return targets
+
+    # ----------------------------------------------------------------------------------------- forward
+    def forward(self, batched_inputs: List[Dict]):
+        """Detectron2 model contract.
+
+        Args:
+            batched_inputs: list of dicts with ``image`` ([3, H, W] tensor in ``input_format``), in training
+                ``instances`` (``gt_classes`` and ``gt_boxes_cxcywh``), in inference optionally ``height`` /
+                ``width`` (the output resolution; default: the input's).
+
+        Returns:
+            training: dict of weighted scalar losses (``loss_*``); inference: list of
+            ``{"instances": Instances(pred_boxes (XYXY abs), scores, pred_classes)}``.
+        """
+        if not self.training and len(batched_inputs) == 0:
+            return []
+        images = self.preprocess_image(batched_inputs)
+        targets = self.prepare_targets(batched_inputs, images) if self.training else None
+        outputs = self.forward_network(images.tensor, targets)
+        if self.training:
+            return self.criterion(outputs, targets)
+        return self._postprocess(outputs, batched_inputs, images)
+
+    def forward_network(self, x: Tensor, targets: Optional[List[Dict[str, Tensor]]] = None) -> Dict:
+        """Backbone -> encoder -> decoder on a normalised, padded batch.
+
+        Args:
+            x: [B, 3, H, W], H and W multiples of 32.
+            targets: training targets (see :meth:`prepare_targets`), needed for denoising.
+
+        Returns:
+            the decoder's output dict (``pred_logits`` [B, Q, K], ``pred_boxes`` [B, Q, 4], ...).
+        """
+        features = self.backbone(x)
+        feats = [features[k] for k in self._feature_names()]
+        return self.decoder(self.encoder(feats), targets)
+
+    def _feature_names(self) -> List[str]:
+        shapes = self.backbone.output_shape()
+        return sorted(shapes, key=lambda k: shapes[k].stride)
+
+    # ------------------------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def select_topk(self, pred_logits: Tensor, pred_boxes: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """Top-k over queries x classes (a query may appear with several classes; no NMS).
+
+        Args:
+            pred_logits: [B, Q, K]; pred_boxes: [B, Q, 4] normalised cxcywh.
+
+        Returns:
+            scores [B, k], labels [B, k], boxes [B, k, 4] normalised xyxy, k = min(num_top_queries, Q*K).
+        """
+        B, Q, K = pred_logits.shape
+        scores = pred_logits.float().sigmoid().flatten(1)
+        k = min(self.num_top_queries, Q * K)
+        scores, index = torch.topk(scores, k, dim=1)
+        labels = index % K
+        query = index // K
+        boxes = box_cxcywh_to_xyxy(pred_boxes.float()).gather(1, query.unsqueeze(-1).expand(-1, -1, 4))
+        return scores, labels, boxes
+
+    def _postprocess(self, outputs: Dict, batched_inputs: List[Dict], images: ImageList) -> List[Dict]:
+        scores, labels, boxes = self.select_topk(outputs["pred_logits"], outputs["pred_boxes"])
+        H, W = images.tensor.shape[-2:]
+        boxes = boxes * boxes.new_tensor([W, H, W, H])  # pixels of the (padded) network input
+        results = []
+        for i, x in enumerate(batched_inputs):
+            h, w = images.image_sizes[i]
+            inst = Instances((h, w))
+            inst.pred_boxes = Boxes(boxes[i])
+            inst.scores = scores[i]
+            inst.pred_classes = labels[i]
+            height, width = x.get("height", h), x.get("width", w)
+            results.append({"instances": detector_postprocess(inst, height, width)})
+        return results
+
+    # ------------------------------------------------------------------------------------ deployment
+    def convert_to_deploy(self) -> "RTDETR":
+        """Fuse the RepVgg blocks (inference only; irreversible). Returns self."""
+        self.encoder.convert_to_deploy()
+        return self
