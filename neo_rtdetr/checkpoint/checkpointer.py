@@ -1,0 +1,222 @@
+"""RTDETRCheckpointer: DetectionCheckpointer with crash-safe saves, safe loading and EMA-first
+inference loading.
+
+* ``save`` writes to a temporary file in the checkpoint folder, flushes and fsyncs it, then
+  ``os.replace``\\ s it onto the final name (atomic on POSIX); the ``last_checkpoint`` tag is
+  written the same way, after the checkpoint. A crash or kill at any moment leaves either the old
+  or the new complete file, never a truncated one; temp files of an interrupted save are removed
+  by the next save.
+* ``.pth`` files are read with ``torch.load(weights_only=True)``: everything this project saves
+  (model, optimizer, LR-scheduler hook state, iteration, EMA, trainer/grad-scaler state) is plain
+  tensors/containers/numbers and loads; a file with other pickled objects (e.g. an argparse
+  ``Namespace`` in a foreign checkpoint) raises a clear :class:`UnsafeCheckpointError`. Pass
+  ``weights_only=False`` to the constructor only for files you trust.
+* ``load_for_inference`` loads ``ckpt["ema"]["module"]`` into the model when present (like the
+  official RT-DETR loaders), else ``ckpt["model"]``.
+"""
+
+import logging
+import os
+import pickle
+import tempfile
+from typing import Any, Callable, Dict, IO, Optional
+
+import torch
+
+from detectron2.checkpoint import DetectionCheckpointer
+
+__all__ = ["RTDETRCheckpointer", "UnsafeCheckpointError", "atomic_write"]
+
+logger = logging.getLogger(__name__)
+
+_TMP_MARK = ".neo_rtdetr_tmp"
+
+
+class UnsafeCheckpointError(pickle.UnpicklingError):
+    """A checkpoint holds pickled objects that ``torch.load(weights_only=True)`` refuses."""
+
+
+def _fsync_dir(folder: str) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str, write_fn: Callable[[IO[bytes]], None]) -> None:
+    """Write ``path`` atomically: ``write_fn(f)`` fills a temp file in the same folder, which is
+    flushed, fsynced and renamed onto ``path`` with ``os.replace``. On any exception the temp file
+    is removed and ``path`` is untouched.
+
+    Args:
+        path: final file path (local file system).
+        write_fn: writes the content into the binary file object it receives.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=_TMP_MARK)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write_fn(f)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(folder)
+
+
+class RTDETRCheckpointer(DetectionCheckpointer):
+    """DetectionCheckpointer with atomic saves, ``weights_only`` loading and EMA-first inference loads.
+
+    Same constructor as ``DetectionCheckpointer`` (``model, save_dir="", *, save_to_disk=None,
+    **checkpointables``) plus ``weights_only``. Typical training use::
+
+        checkpointer = RTDETRCheckpointer(model, output_dir, trainer=trainer, ema=ema)
+        checkpointer.resume_or_load(init_checkpoint, resume=args.resume)
+
+    and for evaluation / export::
+
+        RTDETRCheckpointer(model).load_for_inference(path)   # EMA weights if the file has them
+    """
+
+    def __init__(self, model, save_dir: str = "", *, save_to_disk: Optional[bool] = None,
+                 weights_only: bool = True, **checkpointables: Any):
+        """
+        Args:
+            model, save_dir, save_to_disk, checkpointables: as in ``DetectionCheckpointer``.
+            weights_only: load ``.pth`` files with ``torch.load(weights_only=True)`` (default).
+                Set False only for trusted files that contain arbitrary pickled objects.
+        """
+        super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
+        self.weights_only = weights_only
+
+    # ----------------------------------------------------------------------------- saving
+    def _remove_stale_temp_files(self) -> None:
+        try:
+            names = os.listdir(self.save_dir)
+        except OSError:
+            return
+        for name in names:
+            if name.startswith(".") and name.endswith(_TMP_MARK):
+                try:
+                    os.unlink(os.path.join(self.save_dir, name))
+                    self.logger.info(f"Removed {name}, left by an interrupted checkpoint save.")
+                except OSError:
+                    pass
+
+    def save(self, name: str, **kwargs: Any) -> None:
+        """Save the model and checkpointables to ``<save_dir>/<name>.pth`` atomically, then tag it
+        as the last checkpoint (also atomically).
+
+        Args:
+            name: file name without extension.
+            kwargs: extra data stored in the file.
+        """
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data: Dict[str, Any] = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+
+        basename = f"{name}.pth"
+        save_file = os.path.join(self.save_dir, basename)
+        assert os.path.basename(save_file) == basename, basename
+        self._remove_stale_temp_files()
+        self.logger.info(f"Saving checkpoint to {save_file}")
+        atomic_write(save_file, lambda f: torch.save(data, f))
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        """Atomically write ``last_filename_basename`` into ``<save_dir>/last_checkpoint``."""
+        atomic_write(
+            os.path.join(self.save_dir, "last_checkpoint"),
+            lambda f: f.write(last_filename_basename.encode("utf-8")),
+        )
+
+    # ----------------------------------------------------------------------------- loading
+    def _torch_load(self, filename: str) -> Any:
+        if not self.weights_only:
+            return torch.load(filename, map_location="cpu", weights_only=False)
+        try:
+            return torch.load(filename, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            first = str(e).strip().splitlines()
+            detail = "\n".join(first[:6])
+            raise UnsafeCheckpointError(
+                f"Refusing to load '{filename}' with weights_only=True: it contains pickled objects that "
+                f"are not plain tensors/containers (torch says:\n{detail}\n).\n"
+                "Checkpoints written by neo_rtdetr never need this. If you trust the file, either re-save "
+                "its state dict (torch.save(torch.load(f, weights_only=False)['model'], 'clean.pth')), "
+                "allowlist the class with torch.serialization.add_safe_globals([...]), or construct "
+                "RTDETRCheckpointer(..., weights_only=False)."
+            ) from e
+
+    def _load_file(self, filename: str) -> Dict[str, Any]:
+        if filename.endswith(".pkl") or filename.endswith(".pyth"):
+            return super()._load_file(filename)  # detectron2 / Caffe2 / pycls zoo formats
+        loaded = self._torch_load(filename)
+        if not isinstance(loaded, dict):
+            raise ValueError(f"Checkpoint '{filename}' holds a {type(loaded).__name__}, expected a dict.")
+        if "model" not in loaded:
+            ema_state = _ema_module_state(loaded)
+            if ema_state is not None:
+                self.logger.info(f"'{filename}' has no 'model' entry; using its 'ema.module' weights as the model.")
+                loaded = dict(loaded)
+                loaded["model"] = ema_state
+            else:
+                loaded = {"model": loaded}  # a bare state dict
+        return loaded
+
+    def load_for_inference(self, path: str, *, prefer_ema: bool = True) -> Dict[str, Any]:
+        """Load weights for evaluation/export: the EMA weights when the file has
+        ``ema["module"]`` (and ``prefer_ema``), else the ``model`` weights. No checkpointable
+        (optimizer, trainer, ...) is touched.
+
+        Args:
+            path: checkpoint file.
+            prefer_ema: use ``ema.module`` when present.
+
+        Returns:
+            The remaining, unused entries of the checkpoint (like ``load``).
+        """
+        if not path:
+            raise ValueError("load_for_inference: empty checkpoint path")
+        local = path if os.path.isfile(path) else self.path_manager.get_local_path(path)
+        if not os.path.isfile(local):
+            raise FileNotFoundError(f"Checkpoint {path} not found!")
+        checkpoint = self._load_file(local)
+        ema_state = _ema_module_state(checkpoint) if prefer_ema else None
+        if ema_state is not None:
+            updates = checkpoint["ema"].get("updates", "?")
+            self.logger.info(f"[Checkpointer] Loading EMA weights (ema.module, {updates} updates) from {path}")
+            checkpoint.pop("ema")
+            checkpoint["model"] = ema_state
+        else:
+            self.logger.info(f"[Checkpointer] Loading model weights from {path}"
+                             + (" (the file has no EMA weights)" if prefer_ema else ""))
+        incompatible = self._load_model(checkpoint)
+        if incompatible is not None:
+            self._log_incompatible_keys(incompatible)
+        return checkpoint
+
+
+def _ema_module_state(checkpoint: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    ema = checkpoint.get("ema")
+    if isinstance(ema, dict) and isinstance(ema.get("module"), dict):
+        return ema["module"]
+    return None

@@ -1,0 +1,183 @@
+"""Model EMA with RT-DETR's decay warm-up, as a detectron2 checkpointable and hook.
+
+The official ``src/optim/ema.py::ModelEMA`` keeps a copy of the model and, after every
+iteration, updates every floating-point entry of its state dict (parameters **and** buffers such
+as BatchNorm running statistics) as ``ema = d * ema + (1 - d) * model`` with
+
+    d(n) = decay * (1 - exp(-n / warmups))
+
+where ``n`` is the number of updates so far (1 at the first update). Non-float entries (e.g.
+``num_batches_tracked``) are left untouched, as in the official code. Evaluation and the
+inference checkpoint use the EMA weights.
+"""
+
+import contextlib
+import copy
+import logging
+import math
+from typing import Any, Dict, Iterator, Optional
+
+import torch
+from torch import nn
+
+from detectron2.engine import HookBase
+
+__all__ = ["ModelEMA", "EMAHook", "ema_weights_for_eval", "unwrap_model"]
+
+logger = logging.getLogger(__name__)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """Return ``model.module`` for DDP / DataParallel wrappers, else ``model``."""
+    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        return model.module
+    return model
+
+
+class ModelEMA:
+    """Exponential moving average of a model's state dict, with RT-DETR's decay warm-up.
+
+    Usable as a detectron2/fvcore checkpointable: ``state_dict()`` returns
+    ``{"module": <ema state dict>, "updates": n, "decay": d, "warmups": w}`` (the official
+    layout plus the two hyper-parameters), and ``load_state_dict`` restores the weights and the
+    update count exactly, so ``Checkpointer(model, dir, ema=ema)`` resumes the EMA.
+
+    Attributes:
+        module: the EMA copy of the model (eval mode, ``requires_grad=False``); evaluate it directly.
+        updates: number of updates performed so far.
+    """
+
+    def __init__(self, model: nn.Module, *, decay: float = 0.9999, warmups: int = 2000):
+        """
+        Args:
+            model: the model to track (a DDP wrapper is unwrapped). Create the EMA after moving the
+                model to its device; the copy lives on the same device.
+            decay: asymptotic decay.
+            warmups: time constant of the decay warm-up in updates (``<= 0`` disables warm-up).
+        """
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"ModelEMA: decay must be in [0, 1), got {decay}")
+        self.module = copy.deepcopy(unwrap_model(model)).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self.decay = float(decay)
+        self.warmups = int(warmups)
+        self.updates = 0
+
+    def decay_at(self, n: int) -> float:
+        """The decay used by the ``n``-th update (``n >= 1``)."""
+        if self.warmups <= 0:
+            return self.decay
+        return self.decay * (1.0 - math.exp(-n / self.warmups))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """Move the EMA one step towards ``model`` (call once per optimizer step)."""
+        self.updates += 1
+        d = self.decay_at(self.updates)
+        model_state = unwrap_model(model).state_dict()
+        ema_state = self.module.state_dict()
+        if ema_state:
+            key = next(iter(ema_state))
+            if ema_state[key].device != model_state[key].device:
+                # The model was moved after the EMA was built: move the EMA once, not every step.
+                logger.info(f"ModelEMA: moving the EMA copy to {model_state[key].device}, like the model.")
+                self.module.to(model_state[key].device)
+                ema_state = self.module.state_dict()
+        ema_floats, model_floats = [], []
+        for k, v in ema_state.items():
+            if v.dtype.is_floating_point:
+                src = model_state[k].detach()
+                if src.device != v.device:
+                    src = src.to(v.device)
+                ema_floats.append(v)
+                model_floats.append(src.to(v.dtype) if src.dtype != v.dtype else src)
+        if not ema_floats:
+            return
+        if hasattr(torch, "_foreach_mul_") and hasattr(torch, "_foreach_add_"):
+            torch._foreach_mul_(ema_floats, d)
+            torch._foreach_add_(ema_floats, model_floats, alpha=1.0 - d)
+        else:  # pragma: no cover - very old torch
+            for v, m in zip(ema_floats, model_floats):
+                v.mul_(d).add_(m, alpha=1.0 - d)
+
+    @torch.no_grad()
+    def copy_from(self, model: nn.Module) -> None:
+        """Set the EMA weights to ``model``'s (all entries) without counting an update."""
+        self.module.load_state_dict(unwrap_model(model).state_dict())
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {
+            "module": self.module.state_dict(),
+            "updates": self.updates,
+            "decay": self.decay,
+            "warmups": self.warmups,
+        }
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        """Restore the EMA weights and update count. ``decay``/``warmups`` keep the constructor
+        values (the config wins); a difference from the saved ones is logged."""
+        self.module.load_state_dict(state_dict["module"], strict=True)
+        self.updates = int(state_dict.get("updates", 0))
+        for key in ("decay", "warmups"):
+            if key in state_dict and float(state_dict[key]) != float(getattr(self, key)):
+                logger.warning(
+                    f"ModelEMA: checkpoint has {key}={state_dict[key]}, keeping the configured "
+                    f"{key}={getattr(self, key)}."
+                )
+        logger.info(f"ModelEMA: loaded EMA weights after {self.updates} updates.")
+
+
+class EMAHook(HookBase):
+    """Updates a :class:`ModelEMA` after every training step.
+
+    Register it **before** the checkpointer and evaluation hooks (hooks run in registration order)
+    so that checkpoints and evaluations see the EMA of the current step. Steps that the trainer
+    skipped (``trainer.last_step_skipped``, e.g. non-finite loss) do not update the EMA.
+
+    In ``before_train`` of a fresh run (``ema.updates == 0``) the EMA is re-copied from the model,
+    so weights loaded into the model after the EMA was created (``init_checkpoint``) are tracked.
+    """
+
+    def __init__(self, ema: ModelEMA, *, model: Optional[nn.Module] = None):
+        """
+        Args:
+            ema: the EMA to update.
+            model: the model to track; defaults to ``trainer.model``.
+        """
+        self.ema = ema
+        self._model = model
+
+    def _tracked(self) -> nn.Module:
+        return self._model if self._model is not None else self.trainer.model
+
+    def before_train(self) -> None:
+        if self.ema.updates == 0:
+            self.ema.copy_from(self._tracked())
+
+    def after_step(self) -> None:
+        if getattr(self.trainer, "last_step_skipped", False):
+            return
+        self.ema.update(self._tracked())
+        self.trainer.storage.put_scalar("ema_decay", self.ema.decay_at(self.ema.updates), smoothing_hint=False)
+
+
+@contextlib.contextmanager
+def ema_weights_for_eval(ema: ModelEMA, model: nn.Module) -> Iterator[nn.Module]:
+    """Temporarily load the EMA weights into ``model`` (e.g. for an ``EvalHook`` that evaluates
+    ``trainer.model``); the training weights are restored on exit, even after an exception.
+
+    Simpler alternative: evaluate ``ema.module`` directly.
+
+    Yields:
+        ``model`` (unwrapped) holding the EMA weights.
+    """
+    target = unwrap_model(model)
+    backup = {k: v.detach().clone() for k, v in target.state_dict().items()}
+    was_training = target.training
+    try:
+        target.load_state_dict(ema.module.state_dict())
+        yield target
+    finally:
+        target.load_state_dict(backup)
+        target.train(was_training)
