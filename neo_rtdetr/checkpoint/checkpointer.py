@@ -118,12 +118,14 @@ class RTDETRCheckpointer(DetectionCheckpointer):
                 except OSError:
                     pass
 
-    def save(self, name: str, **kwargs: Any) -> None:
+    def save(self, name: str, *, tag_last_checkpoint: bool = True, **kwargs: Any) -> None:
         """Save the model and checkpointables to ``<save_dir>/<name>.pth`` atomically, then tag it
         as the last checkpoint (also atomically).
 
         Args:
             name: file name without extension.
+            tag_last_checkpoint: make ``--resume`` start from this file (False for side copies such
+                as ``model_best``).
             kwargs: extra data stored in the file.
         """
         if not self.save_dir or not self.save_to_disk:
@@ -139,7 +141,8 @@ class RTDETRCheckpointer(DetectionCheckpointer):
         self._remove_stale_temp_files()
         self.logger.info(f"Saving checkpoint to {save_file}")
         atomic_write(save_file, lambda f: torch.save(data, f))
-        self.tag_last_checkpoint(basename)
+        if tag_last_checkpoint:
+            self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         """Atomically write ``last_filename_basename`` into ``<save_dir>/last_checkpoint``."""

@@ -2,7 +2,7 @@
 
 from typing import Sequence
 
-from fvcore.common.param_scheduler import ConstantParamScheduler, MultiStepParamScheduler
+from fvcore.common.param_scheduler import LinearParamScheduler, MultiStepParamScheduler
 
 __all__ = ["build_lr_multiplier"]
 
@@ -36,5 +36,12 @@ def build_lr_multiplier(
         values = [gamma**i for i in range(len(milestones) + 1)]
         scheduler = MultiStepParamScheduler(values=values, milestones=milestones, num_updates=max_iter)
     else:
-        scheduler = ConstantParamScheduler(1.0)
-    return WarmupParamScheduler(scheduler, warmup_factor, min(1.0, warmup_iters / max_iter), "linear")
+        # (fvcore's ConstantParamScheduler rejects where == 1.0, reached after the last step)
+        scheduler = MultiStepParamScheduler(values=[1.0], milestones=[], num_updates=max_iter)
+    if max_iter < 2:
+        return scheduler if warmup_iters <= 0 else LinearParamScheduler(warmup_factor, 1.0)
+    if warmup_iters <= 0:  # no warm-up; the composite scheduler still handles the final where == 1.0
+        warmup_factor, warmup_iters = 1.0, 1
+    # a run shorter than the warm-up warms up over the whole run
+    warmup_iters = min(warmup_iters, max_iter - 1)
+    return WarmupParamScheduler(scheduler, warmup_factor, warmup_iters / max_iter, "linear")

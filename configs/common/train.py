@@ -1,0 +1,21 @@
+"""Training settings shared by every config (the contract of tools/lazyconfig_train_net.py)."""
+
+train = dict(
+    output_dir="./output",
+    init_checkpoint="",  # a local .pth (e.g. from tools/convert_checkpoint.py); no URLs
+    epochs=72,
+    max_iter=None,  # None: epochs x iterations per epoch; an int overrides (quick runs)
+    eval_period_epochs=1,  # COCOEvaluator every N epochs and at the end (0: only at the end)
+    checkpoint_period_epochs=1,
+    log_period=20,
+    device="cuda",
+    seed=0,
+    cudnn_benchmark=False,
+    amp=dict(enabled=True, precision="bf16"),  # "bf16" | "fp16" (GradScaler) | "fp32"; off on CPU
+    clip_grad=dict(max_norm=0.1),  # global grad-norm clipping (None: off)
+    max_consecutive_nonfinite=10,  # non-finite steps are skipped; stop after this many in a row
+    ema=dict(enabled=True, decay=0.9999, warmups=2000),  # evaluation and model_best use EMA weights
+    sync_bn=False,  # convert BatchNorm to SyncBatchNorm when training on several GPUs
+    ddp=dict(broadcast_buffers=False, find_unused_parameters=False, fp16_compression=False),
+    checkpointer=dict(max_to_keep=5),
+)

@@ -1,0 +1,19 @@
+"""RT-DETR R50-m (PResNet50-vd, expansion 0.5, evaluated at decoder layer 3) on COCO 2017: 72 epochs (6x), total batch 16, bf16 AMP, EMA, grad clip 0.1, eval every epoch.
+
+    python tools/lazyconfig_train_net.py --config-file configs/rtdetr_r50m_h100.py --num-gpus 8
+"""
+
+from .common.data.coco import dataloader
+from .common.models.rtdetr_r50m import model
+from .common.optim import AdamW as optimizer
+from .common.optim import RULES_R50 as _RULES
+from .common.schedule import lr_multiplier
+from .common.train import train
+
+train.output_dir = "./output/rtdetr_r50m_h100"
+train.epochs = 72
+train.sync_bn = False  # official: SyncBN for the trainable-BN backbones under DDP
+dataloader.train.total_batch_size = 16
+# strong augmentations and multi-scale stop for the last epoch (v2 "stop-epoch" policy)
+dataloader.train.mapper.stop_strong_augmentation_epoch = 71
+optimizer.params.rules = _RULES

@@ -1,0 +1,142 @@
+"""Training and evaluation driven by a LazyConfig: what tools/lazyconfig_train_net.py runs.
+
+Config contract (see configs/common/train.py): ``model``, ``optimizer`` (its ``params.model`` is
+filled here), ``lr_multiplier`` (its ``max_iter`` is filled here), ``dataloader.{datasets, train,
+test, evaluator}`` and ``train.*``. Training is epoch-based: iterations per epoch come from the
+train loader (dataset size // total batch size).
+"""
+
+import logging
+import torch
+
+from detectron2.config import instantiate
+from detectron2.engine import create_ddp_model, hooks
+from detectron2.engine.defaults import default_writers
+from detectron2.evaluation import inference_on_dataset, print_csv_format
+from detectron2.utils import comm
+
+from neo_rtdetr.checkpoint.checkpointer import RTDETRCheckpointer
+from neo_rtdetr.data.catalog import register_datasets_from_config
+from neo_rtdetr.engine.ema import EMAHook, ModelEMA
+from neo_rtdetr.engine.trainer import RTDETRTrainer
+
+__all__ = ["resolve_device", "build_model", "do_test", "do_train", "TrainSchedule"]
+
+logger = logging.getLogger("neo_rtdetr")
+
+
+def resolve_device(cfg) -> str:
+    """``train.device``, falling back to CPU (said once) when CUDA is asked for but absent."""
+    device = cfg.train.get("device", "cuda")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        logger.warning("train.device=%s but CUDA is not available: running on CPU (AMP off)", device)
+        device = "cpu"
+    return device
+
+
+def build_model(cfg) -> torch.nn.Module:
+    """Instantiate ``cfg.model`` on the configured device (SyncBN under DDP if ``train.sync_bn``)."""
+    register_datasets_from_config(cfg.dataloader.get("datasets"))
+    model = instantiate(cfg.model)
+    if cfg.train.get("sync_bn", False) and comm.get_world_size() > 1:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(resolve_device(cfg))
+    logger.info("Model:\n%s", model)
+    return model
+
+
+def do_test(cfg, model, *, tag: str = "") -> dict:
+    """COCO evaluation of ``model`` on ``dataloader.test``; prints the AP table. Returns the results."""
+    if "evaluator" not in cfg.dataloader:
+        return {}
+    register_datasets_from_config(cfg.dataloader.get("datasets"))
+    was_training = model.training
+    results = inference_on_dataset(model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator))
+    model.train(was_training)
+    if comm.is_main_process() and results:
+        logger.info("Evaluation results%s:", f" ({tag})" if tag else "")
+        print_csv_format(results)
+    return results
+
+
+class _UntaggedSaves:
+    """A checkpointer view whose saves do not move the ``last_checkpoint`` tag (for model_best)."""
+
+    def __init__(self, checkpointer: RTDETRCheckpointer):
+        self._checkpointer = checkpointer
+
+    def save(self, name: str, **kwargs) -> None:
+        self._checkpointer.save(name, tag_last_checkpoint=False, **kwargs)
+
+    def __getattr__(self, item):
+        return getattr(self._checkpointer, item)
+
+
+class TrainSchedule:
+    """Epochs -> iterations: max_iter, eval and checkpoint periods."""
+
+    def __init__(self, cfg, iters_per_epoch: int):
+        if iters_per_epoch < 1:
+            raise ValueError(
+                f"the training set is smaller than one batch ({iters_per_epoch} iterations per epoch): "
+                "lower dataloader.train.total_batch_size or add data"
+            )
+        self.iters_per_epoch = iters_per_epoch
+        self.max_iter = int(cfg.train.max_iter or cfg.train.epochs * iters_per_epoch)
+        eval_epochs = cfg.train.get("eval_period_epochs", 1)
+        self.eval_period = int(eval_epochs * iters_per_epoch) if eval_epochs else 0
+        self.checkpoint_period = max(1, int(cfg.train.get("checkpoint_period_epochs", 1) * iters_per_epoch))
+
+
+def do_train(cfg, *, resume: bool = False) -> None:
+    """Train ``cfg`` with hooks: EMA, LR schedule, periodic/best checkpoints, COCO eval, writers."""
+    model = build_model(cfg)
+    cfg.optimizer.params.model = model
+    optimizer = instantiate(cfg.optimizer)
+    train_loader = instantiate(cfg.dataloader.train)
+    schedule = TrainSchedule(cfg, train_loader.iters_per_epoch)
+    logger.info(
+        "%d iterations per epoch, %d iterations in all, eval every %s, checkpoint every %d",
+        schedule.iters_per_epoch, schedule.max_iter, schedule.eval_period or "end only", schedule.checkpoint_period,
+    )
+
+    ema = ModelEMA(model, decay=cfg.train.ema.decay, warmups=cfg.train.ema.warmups) if cfg.train.ema.enabled else None
+    ddp_model = create_ddp_model(model, **cfg.train.ddp)
+    trainer = RTDETRTrainer(
+        ddp_model,
+        train_loader,
+        optimizer,
+        precision=cfg.train.amp.precision,
+        amp=cfg.train.amp.enabled,
+        clip_grad_max_norm=cfg.train.clip_grad.max_norm,
+        max_consecutive_nonfinite=cfg.train.max_consecutive_nonfinite,
+    )
+    checkpointables = {"trainer": trainer}
+    if ema is not None:
+        checkpointables["ema"] = ema
+    checkpointer = RTDETRCheckpointer(model, cfg.train.output_dir, **checkpointables)
+    cfg.lr_multiplier.max_iter = schedule.max_iter
+    eval_model = ema.module if ema is not None else model
+
+    def test_and_save_results():
+        return do_test(cfg, eval_model, tag="EMA weights" if ema is not None else "")
+
+    trainer.register_hooks(
+        [
+            hooks.IterationTimer(),
+            EMAHook(ema) if ema is not None else None,
+            hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+            hooks.PeriodicCheckpointer(checkpointer, schedule.checkpoint_period, max_iter=schedule.max_iter,
+                                       max_to_keep=cfg.train.checkpointer.max_to_keep)
+            if comm.is_main_process() else None,
+            # eval_period 0 = only after the last iteration (EvalHook always evaluates at the end)
+            hooks.EvalHook(schedule.eval_period or schedule.max_iter + 1, test_and_save_results),
+            hooks.BestCheckpointer(schedule.eval_period or schedule.max_iter, _UntaggedSaves(checkpointer), "bbox/AP", mode="max")
+            if comm.is_main_process() and "evaluator" in cfg.dataloader else None,
+            hooks.PeriodicWriter(default_writers(cfg.train.output_dir, schedule.max_iter), period=cfg.train.log_period)
+            if comm.is_main_process() else None,
+        ]
+    )
+    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
+    start_iter = trainer.iter + 1 if resume and checkpointer.has_checkpoint() else 0
+    trainer.train(start_iter, schedule.max_iter)
