@@ -21,10 +21,12 @@ train.log_period = 20
 train.ema.decay = 0.999
 train.ema.warmups = 200
 dataloader.image_size = [160, 160]
+# a short schedule learns faster without the strong augmentations (zoom-out, IoU crop, colour
+# distortion) and multi-scale: the stop-epoch policy turns them off from epoch 0
 dataloader.train.multi_scale = [128, 160, 192]
 dataloader.train.total_batch_size = 4
 dataloader.train.num_workers = 2
-dataloader.train.mapper.stop_strong_augmentation_epoch = 7
+dataloader.train.mapper.stop_strong_augmentation_epoch = 0
 dataloader.test.num_workers = 2
 # trained from scratch: no pretrained backbone, so the backbone learns at the base lr
 optimizer.lr = 2e-4

@@ -24,13 +24,15 @@ def _common(out, cache):
         f"dataloader.datasets.0.cache_dir={cache}",
         "+dataloader.datasets.0.num_train=16",
         "+dataloader.datasets.0.num_val=8",
-        "dataloader.image_size=[96,96]",
-        "dataloader.train.multi_scale=[64,96]",
         "dataloader.train.num_workers=1",
         "dataloader.test.num_workers=0",
         "train.log_period=1",
-        "train.checkpoint_period_epochs=1",
+        "train.checkpoint_period_epochs=5",
         "train.eval_period_epochs=0",
+        # evaluated on the 16 training images: a few dozen CPU iterations must already find some boxes
+        "dataloader.test.dataset.names=synthetic_train",
+        "dataloader.image_size=[64,64]",
+        "dataloader.train.multi_scale=[64]",
     ]
 
 
@@ -39,7 +41,7 @@ def trained(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("run"))
     cache = str(tmp_path_factory.mktemp("cache"))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    log = _run(_common(out, cache) + ["train.max_iter=8"], env)
+    log = _run(_common(out, cache) + ["train.max_iter=40"], env)
     return out, cache, env, log
 
 
@@ -51,24 +53,24 @@ def _metrics(out):
 def test_training_writes_checkpoints_metrics_and_ap(trained):
     out, _, _, log = trained
     assert os.path.isfile(os.path.join(out, "model_final.pth"))
-    assert os.path.isfile(os.path.join(out, "model_0000003.pth"))  # 16 images / batch 4 = 4 it/epoch
+    assert os.path.isfile(os.path.join(out, "model_0000019.pth"))  # 16 images / batch 4 = 4 it/epoch; every 5 epochs
     assert open(os.path.join(out, "last_checkpoint")).read().strip() == "model_final.pth"
     rows = _metrics(out)
     train_rows = [r for r in rows if "total_loss" in r]
-    assert [r["iteration"] for r in train_rows] == list(range(8))
+    assert [r["iteration"] for r in train_rows] == list(range(40))
     assert all("grad_norm" in r and "lr" in r and "loss_vfl_dn_0" in r for r in train_rows)
     ap_rows = [r for r in rows if "bbox/AP" in r]
-    assert ap_rows and ap_rows[-1]["iteration"] >= 7  # evaluated at the end
+    assert ap_rows and ap_rows[-1]["iteration"] >= 39  # evaluated at the end
     assert ap_rows[-1]["bbox/AP"] > 0.0
     assert "copypaste: AP,AP50,AP75,APs,APm,APl" in log
 
 
 def test_resume_continues_at_the_next_iteration(trained):
     out, cache, env, _ = trained
-    log = _run(_common(out, cache) + ["train.max_iter=10"], env, flags=["--resume"])
+    log = _run(_common(out, cache) + ["train.max_iter=42"], env, flags=["--resume"])
     assert "model_final.pth" in log
     iterations = [r["iteration"] for r in _metrics(out) if "total_loss" in r]
-    assert iterations == list(range(8)) + [8, 9]
+    assert iterations == list(range(40)) + [40, 41]
 
 
 def test_eval_only_prints_the_ap_table(trained):
@@ -77,7 +79,7 @@ def test_eval_only_prints_the_ap_table(trained):
     assert "Evaluate annotation type *bbox*" in log
     line = log.split("copypaste: AP,AP50,AP75,APs,APm,APl")[1].splitlines()[1]
     ap = float(line.split("copypaste: ")[1].split(",")[0])
-    assert ap >= 0.0
+    assert ap > 0.0
     assert "EMA" in log  # the EMA weights of the checkpoint were used
 
 

@@ -91,8 +91,9 @@ def _targets(n_per_image, seed=0):
     return targets
 
 
-def test_r18_training_losses_equal_hf_without_denoising():
-    hf, ours, _ = _pair("r18", num_denoising=0)
+@pytest.mark.parametrize("size,L", [("r18", 3), ("r50", 6)])
+def test_training_losses_equal_hf_without_denoising(size, L):
+    hf, ours, _ = _pair(size, num_denoising=0)
     hf.train()
     ours.train()
     x = torch.rand(2, 3, 320, 320, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
@@ -105,7 +106,6 @@ def test_r18_training_losses_equal_hf_without_denoising():
         inst.set(TARGET_BOXES_FIELD, t["boxes"])
         batched.append({"image": x[i] * 255.0, "instances": inst})
     losses = ours(batched)
-    L = 3
     # HF names the encoder (query-selection) terms "_aux_{L-1}"; we name them "_enc_0"
     rename = {f"_aux_{L - 1}": "_enc_0"}
     hf_terms = {}  # HF's loss_dict holds weighted terms, like ours
