@@ -16,7 +16,8 @@ demo: setup
 	$(PYTHON) tools/lazyconfig_train_net.py --config-file $(DEMO_CONFIG) --resume
 	$(PYTHON) tools/demo.py --config-file $(DEMO_CONFIG) --from-test-set 8 --confidence-threshold 0.35 \
 		--output $(DEMO_OUT)/vis --opts train.init_checkpoint=$(DEMO_OUT)/model_final.pth
-	@echo "neo_rtdetr demo: checkpoints, metrics.json and the AP table above are in $(DEMO_OUT); drawings in $(DEMO_OUT)/vis"
+	$(PYTHON) tools/plot_metrics.py --metrics $(DEMO_OUT)/metrics.json --output $(DEMO_OUT)/plots
+	@echo "neo_rtdetr demo: checkpoints, metrics.json and the AP table above are in $(DEMO_OUT); drawings in $(DEMO_OUT)/vis, plots in $(DEMO_OUT)/plots"
 
 # CPU test suite (GPU-only checks are marked `gpu` and run on a GPU machine).
 test: setup
