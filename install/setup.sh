@@ -23,8 +23,9 @@ fi
 # 2. neo_rtdetr (editable) and its own dependencies (opencv among them, which detectron2 needs
 #    but does not declare). Skip pip when nothing changed.
 stamp="$CACHE/setup-$(cat "$repo/setup.py" | sha256sum | cut -c1-16)-$("$PY" -c 'import sys; print(sys.prefix)' | sha256sum | cut -c1-8)"
-if [ -f "$stamp" ] && "$PY" -c "import neo_rtdetr, pytest, transformers, cv2" 2>/dev/null \
-   && [ "$("$PY" -c 'import neo_rtdetr, os; print(os.path.dirname(os.path.dirname(neo_rtdetr.__file__)))')" = "$repo" ]; then
+# (checked from / so that the current directory's neo_rtdetr does not hide where the install points)
+if [ -f "$stamp" ] && (cd / && "$PY" -c "import neo_rtdetr, pytest, transformers, cv2") 2>/dev/null \
+   && [ "$(cd / && "$PY" -c 'import neo_rtdetr, os; print(os.path.dirname(os.path.dirname(neo_rtdetr.__file__)))')" = "$repo" ]; then
   echo "[setup] neo_rtdetr already installed from $repo"
 else
   echo "[setup] installing neo_rtdetr (editable) with its test dependencies"
