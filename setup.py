@@ -27,6 +27,7 @@ setup(
     ],
     extras_require={
         # transformers is the numerical oracle of the model tests (built offline, random weights).
-        "test": ["pytest", "transformers>=5.1"],
+        # onnx + onnxruntime: tools/export_onnx.py and its tests (the checker and the ONNX Runtime comparison).
+        "test": ["pytest", "transformers>=5.1", "onnx>=1.16", "onnxruntime>=1.18"],
     },
 )

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from ..layers.box_ops import inverse_sigmoid
 from ..layers.mlp import MLP
+from ..layers.tracing import is_graph_capture
 from .denoising import get_contrastive_denoising_training_group
 from .ms_deform_attn import MSDeformableAttention
 
@@ -379,7 +380,8 @@ class RTDETRTransformer(nn.Module):
         dtype: torch.dtype = torch.float32,
         device: torch.device = torch.device("cpu"),
     ) -> Tuple[Tensor, Tensor]:
-        """Anchor boxes (as logits) and their valid mask for the given feature sizes (cached).
+        """Anchor boxes (as logits) and their valid mask for the given feature sizes (cached, except while a graph is
+        captured for export).
 
         Level l, cell (y, x) of an (H, W) map: centre ((x + 0.5) / W, (y + 0.5) / H), size 0.05 * 2^l. Anchors
         with any coordinate outside (eps, 1 - eps) are invalid and set to +inf (official).
@@ -387,8 +389,12 @@ class RTDETRTransformer(nn.Module):
         Returns:
             anchors [1, S, 4] logits (``dtype``), valid_mask [1, S, 1] bool.
         """
+        # while a graph is captured (ONNX export, torch.export, jit.trace) the anchors are built in the graph (the
+        # exporters fold them into a constant) and the cache is neither read nor written: torch.export traces with
+        # fake tensors, which must not leak into later eager calls. Same computation, same values.
+        capture = is_graph_capture()
         key = (tuple(spatial_shapes), torch.device(device), dtype, float(grid_size), float(self.eps))
-        cached = self._anchor_cache.get(key)
+        cached = None if capture else self._anchor_cache.get(key)
         if cached is not None:
             self._anchor_cache.move_to_end(key)
             return cached
@@ -405,6 +411,8 @@ class RTDETRTransformer(nn.Module):
         valid_mask = ((anchors > self.eps) & (anchors < 1 - self.eps)).all(-1, keepdim=True)
         anchors = torch.log(anchors / (1 - anchors))
         anchors = torch.where(valid_mask, anchors, torch.full_like(anchors, float("inf")))
+        if capture:
+            return anchors, valid_mask
         self._anchor_cache[key] = (anchors, valid_mask)
         while len(self._anchor_cache) > self._ANCHOR_CACHE_SIZE:
             self._anchor_cache.popitem(last=False)

@@ -17,7 +17,22 @@ from typing import Union
 import torch
 from torch import Tensor
 
+from ..layers.tracing import is_graph_capture
+
 __all__ = ["build_2d_sincos_position_embedding"]
+
+
+def _compute(height: int, width: int, dim: int, temperature: float) -> Tensor:
+    """The float32 embedding ``[1, H*W, dim]`` (no caching)."""
+    pos_dim = dim // 4
+    omega = torch.arange(pos_dim, dtype=torch.float32) / pos_dim
+    omega = 1.0 / (temperature**omega)  # [dim/4]
+    grid_y, grid_x = torch.meshgrid(
+        torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32), indexing="ij"
+    )  # [H, W] each; token t = r * W + c has y = r, x = c
+    out_y = grid_y.flatten()[:, None] * omega[None]  # [H*W, dim/4]
+    out_x = grid_x.flatten()[:, None] * omega[None]
+    return torch.cat([out_y.sin(), out_y.cos(), out_x.sin(), out_x.cos()], dim=1)[None]
 
 
 @functools.lru_cache(maxsize=64)
@@ -25,16 +40,7 @@ def _cached(height: int, width: int, dim: int, temperature: float, device: torch
     # Built outside inference mode / grad mode so that the cached tensor is an ordinary constant
     # usable both in training graphs and under torch.inference_mode().
     with torch.inference_mode(False), torch.no_grad():
-        pos_dim = dim // 4
-        omega = torch.arange(pos_dim, dtype=torch.float32) / pos_dim
-        omega = 1.0 / (temperature**omega)  # [dim/4]
-        grid_y, grid_x = torch.meshgrid(
-            torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32), indexing="ij"
-        )  # [H, W] each; token t = r * W + c has y = r, x = c
-        out_y = grid_y.flatten()[:, None] * omega[None]  # [H*W, dim/4]
-        out_x = grid_x.flatten()[:, None] * omega[None]
-        pos = torch.cat([out_y.sin(), out_y.cos(), out_x.sin(), out_x.cos()], dim=1)[None]
-        return pos.to(device=device, dtype=dtype)
+        return _compute(height, width, dim, temperature).to(device=device, dtype=dtype)
 
 
 def build_2d_sincos_position_embedding(
@@ -51,7 +57,8 @@ def build_2d_sincos_position_embedding(
     Token ``t = r * W + c`` (the order of ``x.flatten(2)`` for ``x [B, C, H, W]``) gets
     ``[sin(r*w), cos(r*w), sin(c*w), cos(c*w)]`` with ``w = 1 / T**(arange(dim/4) / (dim/4))``.
 
-    The result is cached per ``(H, W, dim, T, device, dtype)``: do not modify it in place.
+    The result is cached per ``(H, W, dim, T, device, dtype)``: do not modify it in place. While a graph is
+    captured (ONNX export, ``torch.export``, ``torch.jit.trace``) it is built in the graph and not cached.
 
     Args:
         height: H, number of rows.
@@ -69,4 +76,8 @@ def build_2d_sincos_position_embedding(
     if height <= 0 or width <= 0:
         raise ValueError(f"height and width must be positive, got {height}x{width}")
     device = torch.device("cpu") if device is None else torch.device(device)
+    if is_graph_capture():
+        # ONNX / torch.export tracing: build it in the graph (the exporters fold it into a constant) and keep
+        # traced or fake tensors out of the cache; same computation, same values
+        return _compute(int(height), int(width), int(dim), float(temperature)).to(device=device, dtype=dtype)
     return _cached(int(height), int(width), int(dim), float(temperature), device, dtype)
