@@ -16,6 +16,8 @@ from neo_rtdetr.modeling.encoder.csp_rep import CSPRepLayer, RepVggBlock
 from neo_rtdetr.modeling.encoder.hybrid_encoder import HybridEncoder
 from neo_rtdetr.modeling.layers.frozen_batch_norm import FrozenBatchNorm2d
 
+from .hf_oracle import randomize
+
 TOL = 1e-5
 
 
@@ -23,23 +25,6 @@ def count_with_frozen_affine(module: nn.Module) -> int:
     n = sum(p.numel() for p in module.parameters())
     n += sum(m.weight.numel() + m.bias.numel() for m in module.modules() if isinstance(m, FrozenBatchNorm2d))
     return n
-
-
-@torch.no_grad()
-def randomize(module: nn.Module, seed: int = 0) -> None:
-    """Random values for every float parameter and buffer, scaled to keep activations O(1)."""
-    g = torch.Generator().manual_seed(seed)
-    for name, t in list(module.named_parameters()) + list(module.named_buffers()):
-        if not t.is_floating_point():
-            continue
-        if name.endswith("running_var"):
-            t.copy_(torch.rand(t.shape, generator=g) * 1.5 + 0.5)
-        elif t.dim() == 1 and name.endswith("weight"):  # BN / LayerNorm scale
-            t.copy_(torch.rand(t.shape, generator=g) + 0.5)
-        elif t.dim() == 1:  # biases, running means
-            t.copy_(torch.randn(t.shape, generator=g) * 0.1)
-        else:
-            t.copy_(torch.randn(t.shape, generator=g) * t[0].numel() ** -0.5)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -13,8 +13,11 @@ __all__ = ["ConvNormLayer", "get_activation"]
 _ACTIVATIONS = {
     "relu": nn.ReLU,
     "silu": nn.SiLU,
+    "swish": nn.SiLU,
     "gelu": nn.GELU,
     "leaky_relu": nn.LeakyReLU,
+    "sigmoid": nn.Sigmoid,
+    "tanh": nn.Tanh,
     "identity": nn.Identity,
 }
 
@@ -23,7 +26,8 @@ def get_activation(act: Union[str, nn.Module, None]) -> nn.Module:
     """Build an activation module from its name.
 
     Args:
-        act: ``"relu"``, ``"silu"``, ``"gelu"``, ``"leaky_relu"``, ``"identity"`` (case-insensitive),
+        act: ``"relu"``, ``"silu"``/``"swish"``, ``"gelu"``, ``"leaky_relu"``, ``"sigmoid"``, ``"tanh"``,
+            ``"identity"`` (case-insensitive),
             ``None`` (identity), or an ``nn.Module`` instance, returned as is.
 
     Returns:

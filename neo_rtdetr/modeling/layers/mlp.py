@@ -5,31 +5,9 @@ from typing import Union
 import torch.nn as nn
 from torch import Tensor
 
+from .conv_norm import get_activation
+
 __all__ = ["MLP", "get_activation"]
-
-_ACTIVATIONS = {
-    "relu": nn.ReLU,
-    "gelu": nn.GELU,
-    "silu": nn.SiLU,
-    "swish": nn.SiLU,
-    "leaky_relu": nn.LeakyReLU,
-    "sigmoid": nn.Sigmoid,
-    "tanh": nn.Tanh,
-    "identity": nn.Identity,
-}
-
-
-def get_activation(act: Union[str, nn.Module, None]) -> nn.Module:
-    """Return an activation module from a name ("relu", "gelu", "silu", ...), a module, or None (identity)."""
-    if act is None:
-        return nn.Identity()
-    if isinstance(act, nn.Module):
-        return act
-    key = str(act).lower()
-    if key not in _ACTIVATIONS:
-        raise ValueError(f"unknown activation {act!r}; expected one of {sorted(_ACTIVATIONS)}")
-    return _ACTIVATIONS[key]()
-
 
 class MLP(nn.Module):
     """``num_layers`` Linear layers with an activation between them (none after the last).
