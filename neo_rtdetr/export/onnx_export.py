@@ -105,18 +105,10 @@ def export_onnx(
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
         warnings.filterwarnings("ignore", message="The feature will be removed", category=DeprecationWarning)
+        common = dict(input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES), opset_version=opset)
         if exporter == "torchscript":
             dynamic_axes = {name: {0: BATCH_AXIS} for name in INPUT_NAMES + OUTPUT_NAMES}
-            torch.onnx.export(
-                deploy_model,
-                (images, sizes),
-                path,
-                input_names=list(INPUT_NAMES),
-                output_names=list(OUTPUT_NAMES),
-                dynamic_axes=dynamic_axes,
-                opset_version=opset,
-                dynamo=False,
-            )
+            torch.onnx.export(deploy_model, (images, sizes), path, dynamic_axes=dynamic_axes, dynamo=False, **common)
             _set_static_topk_dim(path, deploy_model.num_detections)
         else:
             n = torch.export.Dim(BATCH_AXIS, min=1, max=4096)
@@ -124,12 +116,10 @@ def export_onnx(
                 deploy_model,
                 (images, sizes),
                 path,
-                input_names=list(INPUT_NAMES),
-                output_names=list(OUTPUT_NAMES),
                 dynamic_shapes={"images": {0: n}, "orig_target_sizes": {0: n}},
-                opset_version=opset,
                 dynamo=True,
                 external_data=False,
+                **common,
             )
     return path
 

@@ -77,8 +77,10 @@ def test_coco_recipes_follow_the_official_schedule(name):
     assert cfg.dataloader.train.dataset.names == "coco_2017_train"
     assert cfg.optimizer.lr == 1e-4 and cfg.optimizer.weight_decay == 1e-4
     assert cfg.lr_multiplier.warmup_iters == 2000
-    backbone_lr = 1e-6 if name == "r101" else 1e-5
-    assert cfg.optimizer.params.rules[0]["lr"] == backbone_lr if name != "r18" and name != "r34" else True
+    backbone_rules = [r for r in cfg.optimizer.params.rules if "backbone" in r["pattern"]]
+    assert backbone_rules and all(r["lr"] == (1e-6 if name == "r101" else 1e-5) for r in backbone_rules)
+    if name in ("r18", "r34"):  # trainable backbone norms: their own group without weight decay
+        assert backbone_rules[0]["weight_decay"] == 0.0 and "norm" in backbone_rules[0]["pattern"]
     assert cfg.train.sync_bn == (name in ("r18", "r34"))
 
 
