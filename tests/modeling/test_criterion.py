@@ -166,6 +166,43 @@ def test_matches_hf_oracle(dtype, rtol):
     assert float(ours["loss_vfl"]) > 0 and float(ours["loss_giou_dn_0"]) > 0 and float(ours["loss_bbox_enc_0"]) > 0
 
 
+def test_plain_matcher_module_gives_the_same_losses():
+    """A matcher without the batched API (called once per set) gives the same terms as the batched path."""
+
+    class PlainMatcher(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = HungarianMatcher()
+            self.calls = 0
+
+        def forward(self, outputs, targets):
+            self.calls += 1
+            return self.inner(outputs, targets)
+
+    gen = torch.Generator().manual_seed(3)
+    targets = _targets(gen, [3, 0, 2], 4, dtype=torch.float64)
+    outputs = _outputs(gen, targets, 4, dtype=torch.float64)
+    plain = PlainMatcher()
+    got = RTDETRCriterion(num_classes=4, matcher=plain)(outputs, targets)
+    ref = _criterion(4)(outputs, targets)
+    assert plain.calls == 1 + (L - 1) + 1 and list(got) == list(ref)
+    for k in ref:
+        assert float(got[k]) == pytest.approx(float(ref[k]), rel=1e-12, abs=1e-15), k
+
+
+def test_check_targets_false_skips_value_validation_only():
+    gen = torch.Generator().manual_seed(4)
+    targets = _targets(gen, [2], 3)
+    outputs = _pred(gen, 1, 5, 3, targets, torch.float32)
+    crit = _criterion(3)
+    pixel = [{"labels": targets[0]["labels"], "boxes": targets[0]["boxes"] * 640}]
+    with pytest.raises(ValueError, match="normalised"):
+        crit(outputs, pixel)
+    crit(outputs, pixel, check_targets=False)  # the caller vouched for them: no host-side value check
+    with pytest.raises(ValueError, match="targets for a batch"):
+        crit(outputs, targets + targets, check_targets=False)
+
+
 def test_eval_outputs_only_main_terms_match_hf():
     gen = torch.Generator().manual_seed(1)
     targets = _targets(gen, [2, 4], 3, dtype=torch.float64)
@@ -265,9 +302,9 @@ def test_autocast_disabled_inside_forward():
     states = []
 
     class SpyMatcher(HungarianMatcher):
-        def forward(self, outputs, targets):
+        def pairwise_cost(self, *args):
             states.append(torch.is_autocast_enabled("cpu"))
-            return super().forward(outputs, targets)
+            return super().pairwise_cost(*args)
 
     gen = torch.Generator().manual_seed(11)
     targets = _targets(gen, [2], 3)
@@ -277,7 +314,8 @@ def test_autocast_disabled_inside_forward():
         assert torch.is_autocast_enabled("cpu")
         crit(outputs, targets)
         assert torch.is_autocast_enabled("cpu")  # restored on exit
-    assert states == [False] * (1 + (L - 1) + 1)  # main, aux, enc (dn uses the fixed matching)
+    # main, aux and enc are matched in one batched cost computation (dn uses the fixed matching)
+    assert states == [False]
 
 
 def test_seed_bug_vfl_amp_index_put():

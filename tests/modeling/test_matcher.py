@@ -7,7 +7,10 @@ import warnings
 import pytest
 import torch
 
-from neo_rtdetr.modeling.criterion.matcher import HungarianMatcher
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from neo_rtdetr.modeling.criterion.matcher import HungarianMatcher, PaddedTargets
 
 
 def _target(labels, boxes, dtype=torch.float32):
@@ -193,3 +196,43 @@ def test_keyword_only_constructor():
         HungarianMatcher(cost_clas=2.0)  # misspelled
     with pytest.raises(ValueError):
         HungarianMatcher(cost_class=0, cost_bbox=0, cost_giou=0)
+
+
+def test_batched_matching_of_several_sets_equals_per_image_blocks_of_the_full_cost():
+    """start_matching on M stacked sets (padded per-image costs) == LSA on the diagonal blocks of compute_cost."""
+    gen = torch.Generator().manual_seed(12)
+    num_sets, bs, q, num_classes = 3, 4, 7, 5
+    sizes = [3, 0, 7, 1]  # an empty image, one with as many targets as queries
+    targets = [_random_targets(gen, n, num_classes) for n in sizes]
+    logits = torch.randn(num_sets, bs, q, num_classes, generator=gen, dtype=torch.float64)
+    boxes = torch.rand(num_sets, bs, q, 4, generator=gen, dtype=torch.float64) * 0.5 + 0.1
+    m = HungarianMatcher(cost_class=1.5, cost_bbox=4.0, cost_giou=3.0)
+    padded = PaddedTargets.from_list(targets, torch.device("cpu"))
+    assert padded.sizes == sizes and padded.labels.shape == (bs, 7) and (padded.labels[1] == -1).all()
+    got = m.start_matching(logits, boxes, padded).result()
+    assert len(got) == num_sets and all(len(per_image) == bs for per_image in got)
+    offsets = np.cumsum([0] + sizes)
+    for s in range(num_sets):
+        full = m.compute_cost({"pred_logits": logits[s], "pred_boxes": boxes[s]}, targets)
+        for b, n in enumerate(sizes):
+            src, tgt = got[s][b]
+            assert src.dtype == np.int64 and len(src) == len(tgt) == min(q, n)
+            if n == 0:
+                continue
+            block = full[b, :, offsets[b]:offsets[b + 1]].numpy()
+            rows, cols = linear_sum_assignment(block)
+            assert np.array_equal(src, rows) and np.array_equal(tgt, cols)
+            # and the single-set public API agrees
+            (s1, t1) = m({"pred_logits": logits[s], "pred_boxes": boxes[s]}, targets)[b]
+            assert np.array_equal(s1.numpy(), src) and np.array_equal(t1.numpy(), tgt)
+
+
+def test_batched_matching_checks_labels_and_shapes():
+    m = HungarianMatcher()
+    padded = PaddedTargets.from_list([_target([4], [[0.5, 0.5, 0.2, 0.2]])], torch.device("cpu"))
+    with pytest.raises(ValueError, match="labels"):
+        m.start_matching(torch.zeros(2, 1, 3, 4), torch.rand(2, 1, 3, 4), padded)
+    with pytest.raises(ValueError, match="M, B, Q"):
+        m.start_matching(torch.zeros(1, 3, 4), torch.rand(1, 3, 4), padded)
+    with pytest.raises(ValueError, match="targets for a batch"):
+        m.start_matching(torch.zeros(1, 2, 3, 5), torch.rand(1, 2, 3, 4), padded)

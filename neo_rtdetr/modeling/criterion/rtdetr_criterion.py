@@ -10,6 +10,12 @@ Terms (all already multiplied by ``weight_dict``; the total loss is their plain 
 
 Every set of outputs except the denoising ones is Hungarian-matched on its own; the denoising outputs use the
 fixed CDN assignment (positive dn query <-> gt index tiled over the groups) and ``num_boxes * dn_num_group``.
+
+Speed: the sets are stacked and handled together (one matching cost computation and one host transfer for all
+matched sets, one VFL and one box-loss computation per group of sets with the same query count), and the
+denoising losses, which need no matching, are queued while the host solves the assignments. On an accelerator
+the step has one host synchronisation (the cost matrices) when the targets were validated by the caller
+(``check_targets=False``; :class:`~neo_rtdetr.modeling.meta_arch.rtdetr.RTDETR` validates them on the host).
 """
 
 import contextlib
@@ -20,7 +26,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+import numpy as np
+
 from ..layers.box_ops import box_cxcywh_to_xyxy, elementwise_box_iou, elementwise_generalized_box_iou
+from .matcher import PaddedTargets
 
 __all__ = ["RTDETRCriterion"]
 
@@ -98,7 +107,14 @@ class RTDETRCriterion(nn.Module):
         if not (logits.is_floating_point() and boxes.is_floating_point()):
             raise ValueError(f"RTDETRCriterion: {name} predictions must be floating point")
 
-    def _check_targets(self, targets: Sequence[Dict[str, Tensor]], batch_size: int) -> None:
+    def check_targets(self, targets: Sequence[Dict[str, Tensor]], batch_size: int) -> None:
+        """Validate training targets (labels in [0, C), normalised boxes with positive size).
+
+        One host synchronisation when the targets are on an accelerator (none on the CPU).
+
+        Raises:
+            ValueError: naming what is wrong.
+        """
         if len(targets) != batch_size:
             raise ValueError(f"RTDETRCriterion: {len(targets)} targets for a batch of {batch_size}")
         for i, t in enumerate(targets):
@@ -157,12 +173,15 @@ class RTDETRCriterion(nn.Module):
                     f"{tuple(p.shape)} (expected [{n * group}])"
                 )
         all_pos = torch.cat([p.reshape(-1) for p in pos])
-        if all_pos.numel() > 0 and bool(((all_pos < 0) | (all_pos >= num_dn_queries)).any()):
+        # value check on the host only: on an accelerator it would cost a synchronisation per step (the indices
+        # come from the denoising module, whose shapes were checked above)
+        if all_pos.device.type == "cpu" and all_pos.numel() > 0 and bool(((all_pos < 0) | (all_pos >= num_dn_queries)).any()):
             raise ValueError(f"RTDETRCriterion: dn_positive_idx must index the {num_dn_queries} dn queries")
 
     # ------------------------------------------------------------------ helpers
-    def _num_boxes(self, targets: Sequence[Dict[str, Tensor]], device: torch.device) -> float:
-        """Total GT count of the batch, averaged over ranks (official), clamped >= 1."""
+    def _num_boxes(self, targets: Sequence[Dict[str, Tensor]], device: torch.device) -> Tensor:
+        """Total GT count of the batch, averaged over ranks (official), clamped >= 1: a 0-dim tensor on ``device``
+        (not a Python float: reading it back would synchronise)."""
         num_boxes = torch.as_tensor(
             [float(sum(int(t["labels"].shape[0]) for t in targets))], dtype=torch.float, device=device
         )
@@ -171,83 +190,95 @@ class RTDETRCriterion(nn.Module):
             world_size = dist.get_world_size()
             if world_size > 1:
                 dist.all_reduce(num_boxes)
-        return torch.clamp(num_boxes / world_size, min=1).item()
+        return torch.clamp(num_boxes / world_size, min=1)[0]
 
-    @staticmethod
-    def _cdn_indices(dn_meta, targets: Sequence[Dict[str, Tensor]], device: torch.device) -> Indices:
-        group = int(dn_meta["dn_num_group"])
-        indices = []
-        for pos, t in zip(dn_meta["dn_positive_idx"], targets):
-            n = int(t["labels"].shape[0])
-            gt_idx = torch.arange(n, dtype=torch.int64, device=device).tile(group)
-            indices.append((pos.to(device=device, dtype=torch.int64), gt_idx))
-        return indices
+    def _set_losses(
+        self,
+        logits: Tensor,
+        boxes: Tensor,
+        pairs: Tensor,
+        targets: PaddedTargets,
+        num_boxes: Tensor,
+    ) -> Tuple[Tensor, Tensor, Tensor]:
+        """VFL, L1 and GIoU of S stacked sets of predictions with given assignments (unweighted).
 
-    @staticmethod
-    def _gather(targets, indices: Indices, device):
-        """Flatten matched pairs: (batch_idx, src_idx, tgt_labels, tgt_boxes)."""
-        batch_idx = torch.cat(
-            [torch.full((len(src),), i, dtype=torch.int64, device=device) for i, (src, _) in enumerate(indices)]
-        )
-        src_idx = torch.cat([src.to(device=device, dtype=torch.int64) for src, _ in indices])
-        tgt_labels = torch.cat(
-            [t["labels"].to(device)[j.to(device)].to(torch.int64) for t, (_, j) in zip(targets, indices)]
-        )
-        tgt_boxes = torch.cat([t["boxes"].to(device)[j.to(device)] for t, (_, j) in zip(targets, indices)])
-        return batch_idx, src_idx, tgt_labels, tgt_boxes
+        Args:
+            logits: [S, B, Q, C]; boxes: [S, B, Q, 4] (cxcywh).
+            pairs: [4, P] int64 on the predictions' device: set, image, query and target slot of every matched pair.
+            targets: the padded targets (slot = index into an image's targets).
+            num_boxes: 0-dim normaliser.
 
-    def _losses(self, out: Dict[str, Tensor], targets, indices: Indices, num_boxes: float) -> Dict[str, Tensor]:
-        logits, boxes = out["pred_logits"], out["pred_boxes"]
+        Returns:
+            (vfl [S], l1 [S], giou [S]) in the compute dtype (>= float32).
+        """
         dtype = _compute_dtype(logits.dtype)
         logits, boxes = logits.to(dtype), boxes.to(dtype)
-        bs, num_queries, num_classes = logits.shape
-        device = logits.device
-        batch_idx, src_idx, tgt_labels, tgt_boxes = self._gather(targets, indices, device)
-        tgt_boxes = tgt_boxes.to(dtype)
-        num_matched = src_idx.numel()
+        num_sets, bs, num_queries, num_classes = logits.shape
+        set_idx, batch_idx, src_idx, slot_idx = pairs.unbind(0)
+        tgt_labels = targets.labels[batch_idx, slot_idx]
+        tgt_boxes = targets.boxes[batch_idx, slot_idx].to(dtype)
+        src_boxes = boxes[set_idx, batch_idx, src_idx]  # [P, 4]
 
         # --- varifocal loss ---
         # One-hot and IoU target built by scatter on a flat view: never feeds the "no object" index to one_hot and
         # never index_puts a tensor of another dtype (fp16/bf16 vs fp32 under AMP).
-        flat_size = bs * num_queries * num_classes
-        onehot = torch.zeros(flat_size, dtype=dtype, device=device)
-        target_score = torch.zeros(flat_size, dtype=dtype, device=device)
-        if num_matched > 0:
-            src_boxes = boxes[batch_idx, src_idx]
-            iou = elementwise_box_iou(box_cxcywh_to_xyxy(src_boxes.detach()), box_cxcywh_to_xyxy(tgt_boxes))
-            flat_idx = (batch_idx * num_queries + src_idx) * num_classes + tgt_labels
-            onehot = onehot.scatter(0, flat_idx, torch.ones_like(iou))
-            target_score = target_score.scatter(0, flat_idx, iou.detach())
-        onehot = onehot.view(bs, num_queries, num_classes)
-        target_score = target_score.view(bs, num_queries, num_classes)
+        iou = elementwise_box_iou(box_cxcywh_to_xyxy(src_boxes.detach()), box_cxcywh_to_xyxy(tgt_boxes))
+        flat_idx = ((set_idx * bs + batch_idx) * num_queries + src_idx) * num_classes + tgt_labels
+        flat_size = logits.numel()
+        onehot = torch.zeros(flat_size, dtype=dtype, device=logits.device).scatter(0, flat_idx, torch.ones_like(iou))
+        target_score = torch.zeros(flat_size, dtype=dtype, device=logits.device).scatter(0, flat_idx, iou.detach())
+        onehot, target_score = onehot.view_as(logits), target_score.view_as(logits)
         pred_score = logits.detach().sigmoid()
         weight = self.alpha * pred_score.pow(self.gamma) * (1 - onehot) + target_score
         loss_vfl = F.binary_cross_entropy_with_logits(logits, target_score, weight=weight, reduction="none")
-        loss_vfl = loss_vfl.mean(1).sum() * num_queries / num_boxes
+        # official: loss.mean(1).sum() * num_queries / num_boxes, i.e. the sum over (B, Q, C) / num_boxes
+        loss_vfl = loss_vfl.sum(dim=(1, 2, 3)) / num_boxes
 
-        # --- box losses ---
-        if num_matched > 0:
-            loss_bbox = F.l1_loss(src_boxes, tgt_boxes, reduction="none").sum() / num_boxes
-            giou = elementwise_generalized_box_iou(box_cxcywh_to_xyxy(src_boxes), box_cxcywh_to_xyxy(tgt_boxes))
-            loss_giou = (1 - giou).sum() / num_boxes
-        else:
-            # Keep the box head in the graph (zero gradient) so DDP sees every parameter used.
-            loss_bbox = boxes.sum() * 0.0
-            loss_giou = boxes.sum() * 0.0
+        # --- box losses, summed per set ---
+        # (+ 0 * sum of the boxes: keeps every set's box head in the graph when it has no match, for DDP)
+        zero = boxes.sum(dim=(1, 2, 3)) * 0.0
+        l1 = F.l1_loss(src_boxes, tgt_boxes, reduction="none").sum(-1)
+        giou = 1 - elementwise_generalized_box_iou(box_cxcywh_to_xyxy(src_boxes), box_cxcywh_to_xyxy(tgt_boxes))
+        loss_bbox = zero.index_add(0, set_idx, l1) / num_boxes
+        loss_giou = zero.index_add(0, set_idx, giou) / num_boxes
+        return loss_vfl, loss_bbox, loss_giou
 
+    def _weighted(self, vfl: Tensor, l1: Tensor, giou: Tensor, suffixes: Sequence[str]) -> Dict[str, Tensor]:
         w = self.weight_dict
-        return {
-            "loss_vfl": loss_vfl * w["loss_vfl"],
-            "loss_bbox": loss_bbox * w["loss_bbox"],
-            "loss_giou": loss_giou * w["loss_giou"],
-        }
+        out = {}
+        for i, suffix in enumerate(suffixes):
+            out["loss_vfl" + suffix] = vfl[i] * w["loss_vfl"]
+            out["loss_bbox" + suffix] = l1[i] * w["loss_bbox"]
+            out["loss_giou" + suffix] = giou[i] * w["loss_giou"]
+        return out
 
-    def _matched_losses(self, out, targets, num_boxes, suffix: str) -> Dict[str, Tensor]:
-        indices = self.matcher(out, targets)
-        return {k + suffix: v for k, v in self._losses(out, targets, indices, num_boxes).items()}
+    @staticmethod
+    def _matched_pairs(indices_per_set, device: torch.device) -> Tensor:
+        """[4, P] (set, image, query, target slot) from per-set, per-image (src, tgt) index arrays."""
+        cols = []
+        for s, per_image in enumerate(indices_per_set):
+            for b, (src, tgt) in enumerate(per_image):
+                src = np.asarray(src, dtype=np.int64)
+                cols.append(np.stack([np.full_like(src, s), np.full_like(src, b), src, np.asarray(tgt, dtype=np.int64)]))
+        pairs = np.concatenate(cols, axis=1) if cols else np.zeros((4, 0), dtype=np.int64)
+        return torch.from_numpy(pairs).to(device, non_blocking=True)
+
+    @staticmethod
+    def _dn_pairs(dn_meta, sizes: List[int], num_sets: int, device: torch.device) -> Tensor:
+        """[4, P] pairs of the fixed CDN assignment (positive dn query <-> gt tiled over the groups), every set."""
+        group = int(dn_meta["dn_num_group"])
+        batch_idx = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes) * group)
+        slot_idx = torch.cat([torch.arange(n).repeat(group) for n in sizes])
+        num_pairs = int(batch_idx.numel())
+        host = torch.stack([batch_idx, slot_idx]).to(device, non_blocking=True)
+        src_idx = torch.cat([p.reshape(-1) for p in dn_meta["dn_positive_idx"]]).to(device=device, dtype=torch.int64)
+        set_idx = torch.arange(num_sets, device=device).repeat_interleave(num_pairs)
+        return torch.stack([set_idx, host[0].repeat(num_sets), src_idx.repeat(num_sets), host[1].repeat(num_sets)])
 
     # ------------------------------------------------------------------ forward
-    def forward(self, outputs: Dict, targets: Sequence[Dict[str, Tensor]]) -> Dict[str, Tensor]:
+    def forward(
+        self, outputs: Dict, targets: Sequence[Dict[str, Tensor]], *, check_targets: bool = True
+    ) -> Dict[str, Tensor]:
         """Compute all loss terms.
 
         Args:
@@ -255,15 +286,17 @@ class RTDETRCriterion(nn.Module):
                 dicts, decoder layers 0..L-2), ``enc_outputs`` (dict, or list of dicts), ``dn_outputs`` (list of
                 dicts, denoising queries of layers 0..L-1) with ``dn_meta``.
             targets: per image ``labels`` int64 [n] in [0, C) and ``boxes`` [n, 4] normalised cxcywh.
+            check_targets: validate the targets' values (a host sync on accelerators); callers that validated
+                them on the host already pass False.
 
         Returns:
             Flat dict of weighted scalar losses (float32, or float64 for float64 inputs).
         """
         device = outputs["pred_logits"].device
         with _autocast_off(device.type):
-            return self._forward(outputs, targets)
+            return self._forward(outputs, targets, check_targets)
 
-    def _forward(self, outputs: Dict, targets: Sequence[Dict[str, Tensor]]) -> Dict[str, Tensor]:
+    def _forward(self, outputs: Dict, targets: Sequence[Dict[str, Tensor]], check_targets: bool) -> Dict[str, Tensor]:
         bs = outputs["pred_logits"].shape[0] if outputs.get("pred_logits") is not None else -1
         self._check_output(outputs, "outputs", bs)
         aux = outputs.get("aux_outputs") or []
@@ -276,24 +309,58 @@ class RTDETRCriterion(nn.Module):
             self._check_output(o, f"enc_outputs[{i}]", bs)
         for i, o in enumerate(dn):
             self._check_output(o, f"dn_outputs[{i}]", bs)
-        self._check_targets(targets, bs)
+        if check_targets:
+            self.check_targets(targets, bs)
+        elif len(targets) != bs:
+            raise ValueError(f"RTDETRCriterion: {len(targets)} targets for a batch of {bs}")
         dn_meta = outputs.get("dn_meta")
         if dn:
             self._check_dn(dn_meta, targets, dn[0]["pred_logits"].shape[1])
 
         device = outputs["pred_logits"].device
         num_boxes = self._num_boxes(targets, device)
+        padded = PaddedTargets.from_list(targets, device)
+
+        # Hungarian-matched sets, grouped by query count (normally one group: the decoder layers and the encoder)
+        matched = [("", outputs)] + [(f"_aux_{i}", o) for i, o in enumerate(aux)] + [(f"_enc_{i}", o) for i, o in enumerate(enc)]
+        groups: Dict[int, List[Tuple[str, Dict[str, Tensor]]]] = {}
+        for suffix, o in matched:
+            groups.setdefault(o["pred_logits"].shape[1], []).append((suffix, o))
+        pending = []
+        for members in groups.values():
+            logits = torch.stack([o["pred_logits"] for _, o in members])
+            boxes = torch.stack([o["pred_boxes"] for _, o in members])
+            start = getattr(self.matcher, "start_matching", None)
+            if start is not None:
+                match = start(logits, boxes, padded, check_labels=False)
+            else:  # a plain matcher module: one call per set
+                match = [self.matcher(o, targets) for _, o in members]
+            pending.append(([suffix for suffix, _ in members], logits, boxes, match))
 
         losses: Dict[str, Tensor] = {}
-        losses.update(self._matched_losses(outputs, targets, num_boxes, ""))
-        for i, o in enumerate(aux):
-            losses.update(self._matched_losses(o, targets, num_boxes, f"_aux_{i}"))
-        for i, o in enumerate(enc):
-            losses.update(self._matched_losses(o, targets, num_boxes, f"_enc_{i}"))
+        # the denoising losses need no matching: queue them while the host solves the assignments
         if dn:
-            dn_indices = self._cdn_indices(dn_meta, targets, device)
+            dn_logits = torch.stack([o["pred_logits"] for o in dn])
+            dn_boxes = torch.stack([o["pred_boxes"] for o in dn])
+            pairs = self._dn_pairs(dn_meta, padded.sizes, len(dn), device)
             dn_num_boxes = num_boxes * int(dn_meta["dn_num_group"])
-            for i, o in enumerate(dn):
-                terms = self._losses(o, targets, dn_indices, dn_num_boxes)
-                losses.update({k + f"_dn_{i}": v for k, v in terms.items()})
+            dn_losses = self._weighted(
+                *self._set_losses(dn_logits, dn_boxes, pairs, padded, dn_num_boxes), [f"_dn_{i}" for i in range(len(dn))]
+            )
+        for suffixes, logits, boxes, match in pending:
+            indices = match.result() if hasattr(match, "result") else match
+            pairs = self._matched_pairs(indices, device)
+            losses.update(self._weighted(*self._set_losses(logits, boxes, pairs, padded, num_boxes), suffixes))
+        # key order as before: main, aux, enc, dn
+        losses = {k: losses[k] for k in sorted(losses, key=lambda k: self._key_order(k, matched))}
+        if dn:
+            losses.update(dn_losses)
         return losses
+
+    @staticmethod
+    def _key_order(key: str, matched) -> Tuple[int, int]:
+        for rank, (suffix, _) in enumerate(matched):
+            for t, term in enumerate(("loss_vfl", "loss_bbox", "loss_giou")):
+                if key == term + suffix:
+                    return rank, t
+        return len(matched), 0

@@ -33,28 +33,28 @@ def box_area(boxes: Tensor) -> Tensor:
 
 
 def box_iou(boxes1: Tensor, boxes2: Tensor):
-    """Pairwise IoU of xyxy boxes.
+    """Pairwise IoU of xyxy boxes (batched over any leading dims).
 
     Args:
-        boxes1: [N, 4]; boxes2: [M, 4].
+        boxes1: [..., N, 4]; boxes2: [..., M, 4] (leading dims broadcast).
 
     Returns:
-        (iou [N, M], union [N, M]).
+        (iou [..., N, M], union [..., N, M]).
     """
     area1, area2 = box_area(boxes1), box_area(boxes2)
-    lt = torch.max(boxes1[:, None, :2], boxes2[None, :, :2])
-    rb = torch.min(boxes1[:, None, 2:], boxes2[None, :, 2:])
+    lt = torch.max(boxes1[..., :, None, :2], boxes2[..., None, :, :2])
+    rb = torch.min(boxes1[..., :, None, 2:], boxes2[..., None, :, 2:])
     wh = (rb - lt).clamp(min=0)
     inter = wh[..., 0] * wh[..., 1]
-    union = area1[:, None] + area2[None, :] - inter
+    union = area1[..., :, None] + area2[..., None, :] - inter
     return inter / union, union
 
 
 def generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
-    """Pairwise generalized IoU (Rezatofighi et al. 2019) of xyxy boxes; [N,4] x [M,4] -> [N, M]."""
+    """Pairwise generalized IoU (Rezatofighi et al. 2019) of xyxy boxes; [..., N, 4] x [..., M, 4] -> [..., N, M]."""
     iou, union = box_iou(boxes1, boxes2)
-    lt = torch.min(boxes1[:, None, :2], boxes2[None, :, :2])
-    rb = torch.max(boxes1[:, None, 2:], boxes2[None, :, 2:])
+    lt = torch.min(boxes1[..., :, None, :2], boxes2[..., None, :, :2])
+    rb = torch.max(boxes1[..., :, None, 2:], boxes2[..., None, :, 2:])
     wh = (rb - lt).clamp(min=0)
     hull = wh[..., 0] * wh[..., 1]
     return iou - (hull - union) / hull

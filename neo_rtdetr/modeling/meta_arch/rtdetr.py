@@ -85,8 +85,11 @@ class RTDETR(nn.Module):
     def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
         """Normalise and batch the images; pad bottom/right to ``size_divisibility``.
 
+        The images are padded and stacked in their own dtype (e.g. uint8) on their own device, moved to the model's
+        device once and normalised in one operation; the padding is 0 after normalisation.
+
         Returns:
-            ImageList with ``tensor`` [B, 3, H_pad, W_pad] and ``image_sizes`` (h, w) before padding.
+            ImageList with ``tensor`` [B, 3, H_pad, W_pad] (float32) and ``image_sizes`` (h, w) before padding.
         """
         images = []
         for i, x in enumerate(batched_inputs):
@@ -94,18 +97,30 @@ class RTDETR(nn.Module):
             if not isinstance(image, Tensor) or image.dim() != 3 or image.shape[0] != 3:
                 shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
                 raise ValueError(f"batched_inputs[{i}]['image'] must be a [3, H, W] tensor, got {shape}")
-            image = image.to(self.device, self.pixel_mean.dtype, non_blocking=True)
-            images.append((image - self.pixel_mean) / self.pixel_std)
-        return ImageList.from_tensors(images, self.size_divisibility)
+            images.append(image)
+        if len({(im.device, im.dtype) for im in images}) > 1:
+            images = [im.to(self.device, self.pixel_mean.dtype) for im in images]
+        raw = ImageList.from_tensors(images, self.size_divisibility)
+        x = raw.tensor.to(self.device, non_blocking=True).to(self.pixel_mean.dtype)
+        x = (x - self.pixel_mean) / self.pixel_std
+        H, W = x.shape[-2:]
+        if any((h, w) != (H, W) for h, w in raw.image_sizes) and bool(self.pixel_mean.any()):
+            valid = torch.zeros((len(images), 1, H, W), dtype=torch.bool, device=x.device)
+            for i, (h, w) in enumerate(raw.image_sizes):
+                valid[i, :, :h, :w] = True
+            x = x * valid
+        return ImageList(x, raw.image_sizes)
 
     def prepare_targets(self, batched_inputs: List[Dict], images: ImageList) -> List[Dict[str, Tensor]]:
-        """Criterion targets: per image ``labels`` [n] and ``boxes`` [n, 4] normalised cxcywh.
+        """Criterion targets: per image ``labels`` [n] and ``boxes`` [n, 4] normalised cxcywh, on the model's device.
 
         The mapper's boxes are normalised by the image size before padding; they are rescaled to the
-        padded frame the network sees (a no-op when no padding was needed).
+        padded frame the network sees (a no-op when no padding was needed). The targets are validated where the
+        data loader put them (the host, normally: no device synchronisation) and moved to the device in one
+        transfer per field.
         """
         H, W = images.tensor.shape[-2:]
-        targets = []
+        labels, boxes = [], []
         for i, x in enumerate(batched_inputs):
             if "instances" not in x:
                 raise ValueError(f"training needs batched_inputs[{i}]['instances'] (use RTDETRDatasetMapper)")
@@ -116,10 +131,18 @@ class RTDETR(nn.Module):
                     "RT-DETR does not train on pixel boxes: build the data with RTDETRDatasetMapper"
                 )
             h, w = images.image_sizes[i]
-            boxes = inst.get(TARGET_BOXES_FIELD).to(self.device, torch.float32)
-            scale = boxes.new_tensor([w / W, h / H, w / W, h / H])
-            targets.append({"labels": inst.gt_classes.to(self.device), "boxes": boxes * scale})
-        return targets
+            b = inst.get(TARGET_BOXES_FIELD).to(torch.float32)
+            labels.append(inst.gt_classes)
+            boxes.append(b * b.new_tensor([w / W, h / H, w / W, h / H]))
+        host_targets = [{"labels": lab, "boxes": box} for lab, box in zip(labels, boxes)]
+        self.criterion.check_targets(host_targets, len(host_targets))
+        sizes = [int(lab.shape[0]) for lab in labels]
+        all_labels = torch.cat([lab.reshape(-1) for lab in labels]).to(self.device, torch.int64, non_blocking=True)
+        all_boxes = torch.cat([box.reshape(-1, 4) for box in boxes]).to(self.device, non_blocking=True)
+        return [
+            {"labels": lab, "boxes": box}
+            for lab, box in zip(all_labels.split(sizes), all_boxes.split(sizes))
+        ]
 
     # ----------------------------------------------------------------------------------------- forward
     def forward(self, batched_inputs: List[Dict]):
@@ -140,7 +163,7 @@ class RTDETR(nn.Module):
         targets = self.prepare_targets(batched_inputs, images) if self.training else None
         outputs = self.forward_network(images.tensor, targets)
         if self.training:
-            return self.criterion(outputs, targets)
+            return self.criterion(outputs, targets, check_targets=False)  # validated in prepare_targets
         return self._postprocess(outputs, batched_inputs, images)
 
     def forward_network(self, x: Tensor, targets: Optional[List[Dict[str, Tensor]]] = None) -> Dict:
