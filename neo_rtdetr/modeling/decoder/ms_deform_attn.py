@@ -1,7 +1,8 @@
 """Multi-scale deformable attention (Deformable DETR), as used by the RT-DETR decoder.
 
-``multi_scale_deformable_attention`` is the pure-PyTorch reference core (``F.grid_sample``); a faster kernel can
-replace it by setting ``MSDeformableAttention.ms_deformable_attn_core`` to a function with the same signature.
+``multi_scale_deformable_attention`` is the pure-PyTorch reference core (``F.grid_sample``). The module's default
+core, ``ms_deform_attn_triton.ms_deform_attn_core``, runs fused Triton kernels on CUDA inputs and this reference
+elsewhere; any function with the same signature can be set as ``MSDeformableAttention.ms_deformable_attn_core``.
 """
 
 import math
@@ -127,8 +128,11 @@ class MSDeformableAttention(nn.Module):
         self.value_proj = nn.Linear(embed_dim, embed_dim)
         self.output_proj = nn.Linear(embed_dim, embed_dim)
 
-        # swappable core (a function, not a submodule: no state-dict entries)
-        self.ms_deformable_attn_core = multi_scale_deformable_attention
+        # swappable core (a function, not a submodule: no state-dict entries); the default dispatches to the Triton
+        # kernels on CUDA and to the PyTorch reference elsewhere
+        from .ms_deform_attn_triton import ms_deform_attn_core
+
+        self.ms_deformable_attn_core = ms_deform_attn_core
         self._reset_parameters()
 
     def _reset_parameters(self) -> None:

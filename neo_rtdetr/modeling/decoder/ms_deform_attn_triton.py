@@ -1,0 +1,325 @@
+"""Fused multi-scale deformable attention in Triton (forward and backward), for CUDA devices.
+
+Same function and interface as the PyTorch reference
+:func:`~neo_rtdetr.modeling.decoder.ms_deform_attn.multi_scale_deformable_attention` (bilinear
+``grid_sample(align_corners=False, padding_mode="zeros")`` of every level at every point, weighted sum), but one
+kernel for all levels and points instead of a ``grid_sample`` per level, no ``[B*nH, Dh, Q, P]`` intermediates,
+reads of 16-byte head-channel vectors from the ``[B, S, nH, Dh]`` value layout, and a backward that accumulates the
+value gradient with atomics in float32.
+
+Arithmetic is float32 whatever the input dtypes (the reference samples in the wider of the value and location
+dtypes, i.e. float32 under autocast); the output has the value's dtype, each gradient its input's dtype.
+
+The op is registered as ``neo_rtdetr::ms_deform_attn`` (``torch.library.custom_op``) with an autograd formula and
+a fake implementation, so ``torch.compile`` treats it as one opaque node and CUDA graphs can capture it.
+
+Limits (the dispatcher :func:`ms_deform_attn_core` falls back to the reference outside them): up to 4 levels, a
+power-of-two head dim between 2 and 256, float inputs on one CUDA device. Triton's interpreter
+(``TRITON_INTERPRET=1``) runs the same kernels on the CPU; the tests use it to compare them with the reference.
+"""
+
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from ..layers.tracing import is_graph_capture
+from .ms_deform_attn import SpatialShapes, multi_scale_deformable_attention, spatial_shapes_as_list
+
+__all__ = ["triton_available", "ms_deform_attn_triton", "ms_deform_attn_core", "MAX_LEVELS"]
+
+MAX_LEVELS = 4
+
+try:  # Triton ships with CUDA builds of PyTorch; CPU-only installs may lack it
+    import triton
+    import triton.language as tl
+
+    _HAVE_TRITON = True
+except ImportError:  # pragma: no cover - depends on the installation
+    _HAVE_TRITON = False
+
+
+def triton_available() -> bool:
+    """Whether the Triton kernels can be used (Triton importable)."""
+    return _HAVE_TRITON
+
+
+if _HAVE_TRITON:
+
+    @triton.jit
+    def _level_params(l: tl.constexpr, h0, w0, s0, h1, w1, s1, h2, w2, s2, h3, w3, s3):
+        if l == 0:
+            return h0, w0, s0
+        elif l == 1:
+            return h1, w1, s1
+        elif l == 2:
+            return h2, w2, s2
+        else:
+            return h3, w3, s3
+
+    @triton.jit
+    def _msda_fwd_kernel(
+        value_ptr, loc_ptr, attw_ptr, out_ptr,
+        num_values, num_queries,
+        h0, w0, s0, h1, w1, s1, h2, w2, s2, h3, w3, s3,
+        NUM_HEADS: tl.constexpr, NUM_LEVELS: tl.constexpr, NUM_POINTS: tl.constexpr,
+        HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr,
+    ):
+        pid_q = tl.program_id(0)
+        bh = tl.program_id(1)
+        b = bh // NUM_HEADS
+        h = bh % NUM_HEADS
+        q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
+        q_mask = q < num_queries
+        d = tl.arange(0, HEAD_DIM)
+        acc = tl.zeros([BLOCK_Q, HEAD_DIM], dtype=tl.float32)
+        # [B, Q, nH, L, P] flattened; the location of (b, q, h, l, p) is at 2 * that index
+        qh = ((b * num_queries + q) * NUM_HEADS + h).to(tl.int64)
+        for l in tl.static_range(NUM_LEVELS):
+            height, width, start = _level_params(l, h0, w0, s0, h1, w1, s1, h2, w2, s2, h3, w3, s3)
+            wf = width * 1.0  # (not .to(): a size of 1 arrives as a compile-time constant)
+            hf = height * 1.0
+            for p in tl.static_range(NUM_POINTS):
+                idx = (qh * NUM_LEVELS + l) * NUM_POINTS + p
+                x = tl.load(loc_ptr + 2 * idx, mask=q_mask, other=0.0).to(tl.float32)
+                y = tl.load(loc_ptr + 2 * idx + 1, mask=q_mask, other=0.0).to(tl.float32)
+                w = tl.load(attw_ptr + idx, mask=q_mask, other=0.0).to(tl.float32)
+                # pixel coordinates of grid_sample(align_corners=False); clamped so that the int conversion is
+                # safe (points that far outside read only zeros either way)
+                xp = tl.minimum(tl.maximum(x * wf - 0.5, -2.0), wf + 1.0)
+                yp = tl.minimum(tl.maximum(y * hf - 0.5, -2.0), hf + 1.0)
+                x0f = tl.floor(xp)
+                y0f = tl.floor(yp)
+                fx = xp - x0f
+                fy = yp - y0f
+                x0 = x0f.to(tl.int32)
+                y0 = y0f.to(tl.int32)
+                for corner in tl.static_range(4):
+                    dx = corner % 2  # 0: left column, 1: right column (compile-time)
+                    dy = corner // 2
+                    xi = x0 + dx
+                    yi = y0 + dy
+                    cw = (fx * dx + (1.0 - fx) * (1 - dx)) * (fy * dy + (1.0 - fy) * (1 - dy))
+                    ok = q_mask & (xi >= 0) & (xi < width) & (yi >= 0) & (yi < height)
+                    token = (b * num_values + start + yi * width + xi).to(tl.int64)
+                    ptrs = value_ptr + (token * NUM_HEADS + h)[:, None] * HEAD_DIM + d[None, :]
+                    v = tl.load(ptrs, mask=ok[:, None], other=0.0).to(tl.float32)
+                    acc += (cw * w)[:, None] * v
+        out_ptrs = out_ptr + qh[:, None] * HEAD_DIM + d[None, :]
+        tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=q_mask[:, None])
+
+    @triton.jit
+    def _msda_bwd_kernel(
+        value_ptr, loc_ptr, attw_ptr, grad_out_ptr,
+        grad_value_ptr, grad_loc_ptr, grad_attw_ptr,
+        num_values, num_queries,
+        h0, w0, s0, h1, w1, s1, h2, w2, s2, h3, w3, s3,
+        NUM_HEADS: tl.constexpr, NUM_LEVELS: tl.constexpr, NUM_POINTS: tl.constexpr,
+        HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr,
+    ):
+        pid_q = tl.program_id(0)
+        bh = tl.program_id(1)
+        b = bh // NUM_HEADS
+        h = bh % NUM_HEADS
+        q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
+        q_mask = q < num_queries
+        d = tl.arange(0, HEAD_DIM)
+        qh = ((b * num_queries + q) * NUM_HEADS + h).to(tl.int64)
+        g = tl.load(grad_out_ptr + qh[:, None] * HEAD_DIM + d[None, :], mask=q_mask[:, None], other=0.0)
+        g = g.to(tl.float32)  # [BLOCK_Q, Dh]
+        for l in tl.static_range(NUM_LEVELS):
+            height, width, start = _level_params(l, h0, w0, s0, h1, w1, s1, h2, w2, s2, h3, w3, s3)
+            wf = width * 1.0  # (not .to(): a size of 1 arrives as a compile-time constant)
+            hf = height * 1.0
+            for p in tl.static_range(NUM_POINTS):
+                idx = (qh * NUM_LEVELS + l) * NUM_POINTS + p
+                x = tl.load(loc_ptr + 2 * idx, mask=q_mask, other=0.0).to(tl.float32)
+                y = tl.load(loc_ptr + 2 * idx + 1, mask=q_mask, other=0.0).to(tl.float32)
+                w = tl.load(attw_ptr + idx, mask=q_mask, other=0.0).to(tl.float32)
+                xp = tl.minimum(tl.maximum(x * wf - 0.5, -2.0), wf + 1.0)
+                yp = tl.minimum(tl.maximum(y * hf - 0.5, -2.0), hf + 1.0)
+                x0f = tl.floor(xp)
+                y0f = tl.floor(yp)
+                fx = xp - x0f
+                fy = yp - y0f
+                x0 = x0f.to(tl.int32)
+                y0 = y0f.to(tl.int32)
+                grad_w = tl.zeros([BLOCK_Q], dtype=tl.float32)
+                grad_fx = tl.zeros([BLOCK_Q], dtype=tl.float32)
+                grad_fy = tl.zeros([BLOCK_Q], dtype=tl.float32)
+                for corner in tl.static_range(4):
+                    dx = corner % 2
+                    dy = corner // 2
+                    xi = x0 + dx
+                    yi = y0 + dy
+                    wx = fx * dx + (1.0 - fx) * (1 - dx)
+                    wy = fy * dy + (1.0 - fy) * (1 - dy)
+                    ok = q_mask & (xi >= 0) & (xi < width) & (yi >= 0) & (yi < height)
+                    token = (b * num_values + start + yi * width + xi).to(tl.int64)
+                    offs = (token * NUM_HEADS + h)[:, None] * HEAD_DIM + d[None, :]
+                    v = tl.load(value_ptr + offs, mask=ok[:, None], other=0.0).to(tl.float32)
+                    gv = tl.sum(g * v, axis=1)  # d out / d (sample) . grad_out, per query
+                    grad_w += wx * wy * gv
+                    # d(wx)/d(fx) = +1 for the right column, -1 for the left; same for y
+                    grad_fx += (2 * dx - 1) * wy * gv
+                    grad_fy += (2 * dy - 1) * wx * gv
+                    tl.atomic_add(grad_value_ptr + offs, (wx * wy * w)[:, None] * g, mask=ok[:, None])
+                # xp = x * W - 0.5: d/dx = W (the clamp is inactive wherever a corner is inside the map)
+                tl.store(grad_loc_ptr + 2 * idx, (w * grad_fx * wf).to(grad_loc_ptr.dtype.element_ty), mask=q_mask)
+                tl.store(grad_loc_ptr + 2 * idx + 1, (w * grad_fy * hf).to(grad_loc_ptr.dtype.element_ty), mask=q_mask)
+                tl.store(grad_attw_ptr + idx, grad_w.to(grad_attw_ptr.dtype.element_ty), mask=q_mask)
+
+
+def _level_args(shapes: Sequence[int]) -> List[int]:
+    """[H0, W0, H1, W1, ...] -> [H0, W0, start0, H1, W1, start1, ...] padded to MAX_LEVELS levels."""
+    args, start = [], 0
+    for i in range(0, len(shapes), 2):
+        h, w = int(shapes[i]), int(shapes[i + 1])
+        args += [h, w, start]
+        start += h * w
+    args += [1, 1, 0] * (MAX_LEVELS - len(shapes) // 2)
+    return args
+
+
+def _launch_meta(head_dim: int) -> Tuple[int, int]:
+    block_q = 32 if head_dim <= 64 else 16
+    num_warps = 4 if head_dim <= 64 else 8
+    return block_q, num_warps
+
+
+@torch.library.custom_op("neo_rtdetr::ms_deform_attn", mutates_args=())
+def _msda_op(value: Tensor, shapes: List[int], sampling_locations: Tensor, attention_weights: Tensor) -> Tensor:
+    bs, num_values, num_heads, head_dim = value.shape
+    num_queries, num_levels, num_points = sampling_locations.shape[1], sampling_locations.shape[3], sampling_locations.shape[4]
+    value = value.contiguous()
+    loc = sampling_locations.contiguous()
+    attw = attention_weights.contiguous()
+    out = torch.empty((bs, num_queries, num_heads, head_dim), dtype=value.dtype, device=value.device)
+    block_q, num_warps = _launch_meta(head_dim)
+    grid = (triton.cdiv(num_queries, block_q), bs * num_heads)
+    _msda_fwd_kernel[grid](
+        value, loc, attw, out, num_values, num_queries, *_level_args(shapes),
+        NUM_HEADS=num_heads, NUM_LEVELS=num_levels, NUM_POINTS=num_points, HEAD_DIM=head_dim,
+        BLOCK_Q=block_q, num_warps=num_warps,
+    )
+    return out.view(bs, num_queries, num_heads * head_dim)
+
+
+@_msda_op.register_fake
+def _(value, shapes, sampling_locations, attention_weights):
+    bs, _, num_heads, head_dim = value.shape
+    return value.new_empty((bs, sampling_locations.shape[1], num_heads * head_dim))
+
+
+@torch.library.custom_op("neo_rtdetr::ms_deform_attn_backward", mutates_args=())
+def _msda_backward_op(
+    grad_output: Tensor, value: Tensor, shapes: List[int], sampling_locations: Tensor, attention_weights: Tensor
+) -> Tuple[Tensor, Tensor, Tensor]:
+    bs, num_values, num_heads, head_dim = value.shape
+    num_queries, num_levels, num_points = sampling_locations.shape[1], sampling_locations.shape[3], sampling_locations.shape[4]
+    value = value.contiguous()
+    loc = sampling_locations.contiguous()
+    attw = attention_weights.contiguous()
+    grad_out = grad_output.contiguous()
+    grad_value = torch.zeros(value.shape, dtype=torch.float32, device=value.device)
+    grad_loc = torch.empty_like(loc)
+    grad_attw = torch.empty_like(attw)
+    block_q, num_warps = _launch_meta(head_dim)
+    grid = (triton.cdiv(num_queries, block_q), bs * num_heads)
+    _msda_bwd_kernel[grid](
+        value, loc, attw, grad_out, grad_value, grad_loc, grad_attw, num_values, num_queries, *_level_args(shapes),
+        NUM_HEADS=num_heads, NUM_LEVELS=num_levels, NUM_POINTS=num_points, HEAD_DIM=head_dim,
+        BLOCK_Q=block_q, num_warps=num_warps,
+    )
+    return grad_value.to(value.dtype), grad_loc, grad_attw
+
+
+@_msda_backward_op.register_fake
+def _(grad_output, value, shapes, sampling_locations, attention_weights):
+    return torch.empty_like(value), torch.empty_like(sampling_locations), torch.empty_like(attention_weights)
+
+
+def _setup_context(ctx, inputs, output):
+    value, shapes, sampling_locations, attention_weights = inputs
+    ctx.shapes = list(shapes)
+    ctx.save_for_backward(value, sampling_locations, attention_weights)
+
+
+def _backward(ctx, grad_output):
+    value, sampling_locations, attention_weights = ctx.saved_tensors
+    grad_value, grad_loc, grad_attw = _msda_backward_op(
+        grad_output, value, ctx.shapes, sampling_locations, attention_weights
+    )
+    return grad_value, None, grad_loc, grad_attw
+
+
+_msda_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _unsupported_reason(value: Tensor, shapes: List[Tuple[int, int]], sampling_locations: Tensor) -> Optional[str]:
+    if not _HAVE_TRITON:
+        return "Triton is not installed"
+    if len(shapes) > MAX_LEVELS:
+        return f"{len(shapes)} levels (at most {MAX_LEVELS})"
+    head_dim = value.shape[-1]
+    if head_dim < 2 or head_dim > 256 or head_dim & (head_dim - 1):
+        return f"head dim {head_dim} (a power of two in [2, 256] is needed)"
+    if not (value.is_floating_point() and sampling_locations.is_floating_point()):
+        return "non-float inputs"
+    if value.dtype == torch.float64 or sampling_locations.dtype == torch.float64:
+        return "float64 inputs (the kernels compute in float32)"
+    return None
+
+
+def ms_deform_attn_triton(
+    value: Tensor, spatial_shapes: SpatialShapes, sampling_locations: Tensor, attention_weights: Tensor
+) -> Tensor:
+    """The Triton kernels, with the reference's arguments, shape checks and result.
+
+    Args:
+        value: [B, S, nH, Dh]; spatial_shapes: (H_l, W_l) per level; sampling_locations: [B, Q, nH, L, P, 2]
+            normalised (x, y); attention_weights: [B, Q, nH, L, P].
+
+    Returns:
+        [B, Q, nH * Dh] in ``value``'s dtype.
+
+    Raises:
+        ValueError: on inconsistent shapes or inputs the kernels do not support.
+    """
+    shapes = spatial_shapes_as_list(spatial_shapes)
+    reason = _unsupported_reason(value, shapes, sampling_locations)
+    if reason is not None:
+        raise ValueError(f"ms_deform_attn_triton: unsupported input: {reason}")
+    _check_shapes(value, shapes, sampling_locations, attention_weights)
+    return _msda_op(value, [v for hw in shapes for v in hw], sampling_locations, attention_weights)
+
+
+def _check_shapes(value: Tensor, shapes: List[Tuple[int, int]], loc: Tensor, attw: Tensor) -> None:
+    if value.dim() != 4:
+        raise ValueError(f"value must be [B, S, nH, Dh], got {tuple(value.shape)}")
+    bs, num_values, num_heads, _ = value.shape
+    if loc.dim() != 6 or loc.shape[-1] != 2 or loc.shape[0] != bs or loc.shape[2] != num_heads:
+        raise ValueError(f"sampling_locations must be [B={bs}, Q, nH={num_heads}, L, P, 2], got {tuple(loc.shape)}")
+    if tuple(attw.shape) != tuple(loc.shape[:-1]):
+        raise ValueError(f"attention_weights must be {tuple(loc.shape[:-1])}, got {tuple(attw.shape)}")
+    if len(shapes) != loc.shape[3]:
+        raise ValueError(f"{len(shapes)} spatial shapes for {loc.shape[3]} sampling levels")
+    if sum(h * w for h, w in shapes) != num_values:
+        raise ValueError(f"spatial shapes {shapes} cover {sum(h * w for h, w in shapes)} values, value has {num_values}")
+
+
+def ms_deform_attn_core(
+    value: Tensor, spatial_shapes: SpatialShapes, sampling_locations: Tensor, attention_weights: Tensor
+) -> Tensor:
+    """Multi-scale deformable attention: the Triton kernels on CUDA inputs they support, else the reference.
+
+    Same arguments and result as
+    :func:`~neo_rtdetr.modeling.decoder.ms_deform_attn.multi_scale_deformable_attention`. While a graph is captured
+    for export (ONNX, ``torch.export``) the reference is used, so exported graphs hold standard operators only.
+    """
+    if value.is_cuda and sampling_locations.is_cuda and not is_graph_capture():
+        shapes = spatial_shapes_as_list(spatial_shapes)
+        if _unsupported_reason(value, shapes, sampling_locations) is None:
+            _check_shapes(value, shapes, sampling_locations, attention_weights)
+            return _msda_op(value, [v for hw in shapes for v in hw], sampling_locations, attention_weights)
+    return multi_scale_deformable_attention(value, spatial_shapes, sampling_locations, attention_weights)
