@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers.conv_norm import ConvNormLayer, get_activation
+from ..layers.fuse_conv_bn import fold_conv_bn
 
 __all__ = ["RepVggBlock", "CSPRepLayer"]
 
@@ -71,14 +72,7 @@ class RepVggBlock(nn.Module):
 
     @staticmethod
     def _fuse_bn_tensor(branch: ConvNormLayer) -> Tuple[Tensor, Tensor]:
-        kernel = branch.conv.weight
-        norm = branch.norm
-        std = (norm.running_var + norm.eps).sqrt()
-        t = (norm.weight / std).reshape(-1, 1, 1, 1)
-        bias = norm.bias - norm.running_mean * norm.weight / std
-        if branch.conv.bias is not None:
-            bias = bias + branch.conv.bias * norm.weight / std
-        return kernel * t, bias
+        return fold_conv_bn(branch.conv, branch.norm)
 
 
 class CSPRepLayer(nn.Module):
