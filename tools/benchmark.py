@@ -1,15 +1,34 @@
 #!/usr/bin/env python3
-"""Speed of RT-DETR on whatever GPU (or CPU) is present: train step and inference, synthetic inputs.
+"""Speed (and accuracy of the fast paths) of RT-DETR on whatever GPU is present; synthetic inputs, no data loading.
 
-    python tools/benchmark.py --config-file configs/common/models/rtdetr_r50.py --output bench.json
-    python tools/benchmark.py ... --hf-baseline        # also Hugging Face transformers' RT-DETR inference
+    python tools/benchmark.py --output bench.json                      # R50: train step + inference, our paths
+    python tools/benchmark.py ... --hf-baseline                        # + Hugging Face transformers' RT-DETR
+    python tools/benchmark.py ... --accuracy-config C --accuracy-checkpoint W   # + fast paths vs fp32 on real data
 
-Prints a table (img/s, ms per batch, peak memory) and writes JSON with the device name, torch version
-and the git commit. No data loading: inputs are random images with random boxes, so the numbers are
-the model's (the data pipeline is measured separately). Ratios are only meaningful within one run.
+Rows:
+
+* ``train step``: forward with denoising, all loss terms, backward, grad clipping (0.1), AdamW step; batch
+  ``--train-batch`` with 1-19 random boxes per image. Variants (``--train-variants``): ``default`` (the model as
+  configured: Triton deformable attention on CUDA, batched matcher/criterion; fused AdamW), ``channels_last``,
+  ``pytorch_msda`` (the grid_sample reference core instead of the Triton kernels), ``foreach_adamw``.
+* ``eager`` inference: ``model(list[dict])`` (Detectron2 contract, uint8 images in, Instances out), bf16 autocast
+  or fp32. ``fast``: :class:`~neo_rtdetr.engine.fast_inference.FastInference` (deployed bf16/fp32 copy,
+  channels-last, CUDA graphs), same contract. ``fast net``: its network + top-k on a normalised float batch (what
+  an exported model runs; comparable with HF, which also takes a float ``pixel_values`` batch and returns raw
+  outputs).
+* ``HF transformers``: ``RTDetrForObjectDetection`` (r50vd, random weights) on a float batch.
+
+``--accuracy-*``: evaluates a trained checkpoint on its config's test set with the fp32 eager model (the
+reference), bf16 autocast, and FastInference bf16/fp32: COCO AP of each and the fraction of the reference's top-100
+detections per image that each path reproduces (same class, IoU >= 0.9, score within 0.02).
+
+Prints a table (img/s, ms per batch, peak memory) and writes JSON with the device name, torch version and git
+commit. ``--baseline-json`` adds a ratio column against another run's JSON (e.g. the code before an optimisation,
+run in the same session on the same card). Ratios are only meaningful within one session on one card.
 """
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -17,22 +36,37 @@ import subprocess
 import sys
 import time
 
+TRAIN_VARIANTS = ("default", "channels_last", "pytorch_msda", "foreach_adamw")
+# row names of earlier versions of this script, for --baseline-json
+BASELINE_ALIASES = {"train step (default)": "ours train step", "ours eager": "ours inference"}
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config-file", default="configs/common/models/rtdetr_r50.py")
     p.add_argument("--sizes", default="640x640,1088x1920", help="HxW list")
     p.add_argument("--train-batch", type=int, default=16)
+    p.add_argument("--train-sizes", default=None, help="HxW list for the train step (default: --sizes)")
+    p.add_argument("--train-variants", default="default", help=f"comma list of {TRAIN_VARIANTS}")
+    p.add_argument("--train-precisions", default="bf16")
     p.add_argument("--infer-batches", default="1,8,32")
-    p.add_argument("--precisions", default="bf16,fp32")
+    p.add_argument("--precisions", default="bf16,fp32", help="inference precisions")
+    p.add_argument("--modes", default="eager,fast,fast_net", help="inference paths")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--iters", type=int, default=20)
-    p.add_argument("--hf-baseline", action="store_true", help="also time HF transformers RTDetrForObjectDetection (r50vd)")
+    p.add_argument("--hf-baseline", action="store_true", help="also time HF transformers RTDetrForObjectDetection")
     p.add_argument("--skip-train", action="store_true")
+    p.add_argument("--skip-infer", action="store_true")
+    p.add_argument("--accuracy-config", default=None, help="config of a trained model (its test set is used)")
+    p.add_argument("--accuracy-checkpoint", default=None)
+    p.add_argument("--accuracy-max-images", type=int, default=0, help="0 = the whole test set")
+    p.add_argument("--profile-train", default=None, help="write a profiler table of one train step here")
+    p.add_argument("--baseline-json", default=None, help="add a ratio column against this earlier result")
     p.add_argument("--output", default="benchmark.json")
     return p.parse_args(argv)
 
 
+# ----------------------------------------------------------------------------------------------- timing
 def _sync(device):
     import torch
 
@@ -41,6 +75,7 @@ def _sync(device):
 
 
 def _time(fn, device, warmup, iters):
+    """Median-free simple mean over ``iters`` calls after ``warmup``; returns (seconds per call, peak GiB)."""
     import torch
 
     for _ in range(warmup):
@@ -73,92 +108,254 @@ def _inputs(batch, h, w, num_classes, device, with_targets):
             inst = Instances((h, w))
             cxcy = torch.rand(n, 2, generator=g) * 0.6 + 0.2
             wh = torch.rand(n, 2, generator=g) * 0.3 + 0.05
-            inst.set(TARGET_BOXES_FIELD, torch.cat([cxcy, wh], 1).to(device))
-            inst.gt_classes = torch.randint(0, num_classes, (n,), generator=g).to(device)
+            inst.set(TARGET_BOXES_FIELD, torch.cat([cxcy, wh], 1))  # host tensors, as the data loader gives
+            inst.gt_classes = torch.randint(0, num_classes, (n,), generator=g)
             d["instances"] = inst
         out.append(d)
     return out
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def _parse_sizes(text):
+    return [tuple(int(v) for v in s.split("x")) for s in text.split(",") if s]
+
+
+# ----------------------------------------------------------------------------------------------- model
+def _build(cfg_model, device, *, channels_last=False):
     import torch
 
-    from detectron2.config import LazyConfig, instantiate
+    from detectron2.config import instantiate
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    cfg = LazyConfig.load(args.config_file)
-    model_cfg = cfg.model
+    torch.manual_seed(0)
+    cfg = copy.deepcopy(cfg_model)
+    cfg.channels_last = channels_last
+    return instantiate(cfg).to(device)
+
+
+def _use_reference_msda(model):
+    from neo_rtdetr.modeling.decoder.ms_deform_attn import multi_scale_deformable_attention
+
+    for m in model.modules():
+        if hasattr(m, "ms_deformable_attn_core"):
+            m.ms_deformable_attn_core = multi_scale_deformable_attention
+
+
+def bench_train(args, cfg_model, device, record):
+    import torch
+
     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-    sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",") if s]
-    rows = []
-
-    def record(**row):
-        rows.append(row)
-        print(
-            f"{row['what']:<28} {row['precision']:<5} {row['size']:<10} bs {row['batch']:<3} "
-            f"{row['img_per_s']:9.1f} img/s {row['ms_per_batch']:9.2f} ms  peak {row['peak_gib']:.2f} GiB",
-            flush=True,
-        )
-
-    model = instantiate(model_cfg).to(device)
-    K = model.num_classes
-    for prec in args.precisions.split(","):
-        amp = prec != "fp32" and device.type == "cuda"
-        for h, w in sizes:
-            if not args.skip_train:
-                model.train()
-                opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-                batch = _inputs(args.train_batch, h, w, K, device, True)
+    for variant in args.train_variants.split(","):
+        if variant not in TRAIN_VARIANTS:
+            raise SystemExit(f"unknown train variant {variant!r}; choose from {TRAIN_VARIANTS}")
+        model = _build(cfg_model, device, channels_last=variant == "channels_last").train()
+        if variant == "pytorch_msda":
+            _use_reference_msda(model)
+        params = [p for p in model.parameters() if p.requires_grad]
+        fused = variant != "foreach_adamw" and device.type == "cuda"
+        opt = torch.optim.AdamW(params, lr=1e-5, fused=fused) if fused else torch.optim.AdamW(params, lr=1e-5)
+        for prec in args.train_precisions.split(","):
+            amp = prec != "fp32" and device.type == "cuda"
+            for h, w in _parse_sizes(args.train_sizes or args.sizes):
+                batch = _inputs(args.train_batch, h, w, model.num_classes, device, True)
 
                 def train_step():
                     with torch.autocast(device.type, dtype=dtypes[prec], enabled=amp):
                         losses = model(batch)
-                    loss = sum(losses.values())
+                    loss = torch.stack(list(losses.values())).sum()
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
+                    torch.nn.utils.clip_grad_norm_(params, 0.1)
                     opt.step()
 
                 try:
                     t, peak = _time(train_step, device, args.warmup, args.iters)
-                    record(what="ours train step", precision=prec, size=f"{h}x{w}", batch=args.train_batch,
+                    record(what=f"train step ({variant})", precision=prec, size=f"{h}x{w}", batch=args.train_batch,
                            img_per_s=args.train_batch / t, ms_per_batch=t * 1e3, peak_gib=peak)
                 except torch.cuda.OutOfMemoryError:
-                    print(f"ours train step {prec} {h}x{w}: out of memory", flush=True)
-                del opt
-                torch.cuda.empty_cache() if device.type == "cuda" else None
-            model.eval()
+                    print(f"train step ({variant}) {prec} {h}x{w}: out of memory", flush=True)
+                if args.profile_train and variant == "default":
+                    _profile(train_step, device, args.profile_train, f"{variant} {prec} {h}x{w}")
+        del model, opt
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def _profile(step, device, path, title):
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    step()
+    _sync(device)
+    with profile(activities=activities) as prof:
+        for _ in range(3):
+            step()
+        _sync(device)
+    sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    with open(path, "a") as f:
+        f.write(f"==== {title}: 3 steps, sorted by {sort}\n")
+        f.write(prof.key_averages().table(sort_by=sort, row_limit=40) + "\n")
+        f.write(f"==== {title}: sorted by cpu_time_total\n")
+        f.write(prof.key_averages().table(sort_by="cpu_time_total", row_limit=25) + "\n")
+
+
+def bench_infer(args, cfg_model, device, record):
+    import torch
+
+    from neo_rtdetr.engine.fast_inference import FastInference
+
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    model = _build(cfg_model, device).eval()
+    modes = args.modes.split(",")
+    for prec in args.precisions.split(","):
+        fast = FastInference(model, dtype=dtypes[prec]) if ("fast" in modes or "fast_net" in modes) else None
+        amp = prec != "fp32" and device.type == "cuda"
+        for h, w in _parse_sizes(args.sizes):
             for bs in [int(b) for b in args.infer_batches.split(",")]:
-                batch = _inputs(bs, h, w, K, device, False)
-
-                def infer():
-                    with torch.no_grad(), torch.autocast(device.type, dtype=dtypes[prec], enabled=amp):
-                        model(batch)
-
-                t, peak = _time(infer, device, args.warmup, args.iters)
-                record(what="ours inference", precision=prec, size=f"{h}x{w}", batch=bs,
-                       img_per_s=bs / t, ms_per_batch=t * 1e3, peak_gib=peak)
-
-    if args.hf_baseline:
-        import transformers
-
-        hf = transformers.RTDetrForObjectDetection(transformers.RTDetrConfig(num_labels=80)).to(device).eval()
-        for prec in args.precisions.split(","):
-            amp = prec != "fp32" and device.type == "cuda"
-            for h, w in sizes:
-                if h != w:
-                    continue  # HF's pre-v5 position embedding and its processor assume square inputs
-                for bs in [int(b) for b in args.infer_batches.split(",")]:
-                    x = torch.rand(bs, 3, h, w, device=device)
-
-                    def hf_infer():
+                batch = _inputs(bs, h, w, model.num_classes, device, False)
+                paths = {}
+                if "eager" in modes:
+                    def eager():
                         with torch.no_grad(), torch.autocast(device.type, dtype=dtypes[prec], enabled=amp):
-                            hf(pixel_values=x)
+                            model(batch)
 
+                    paths["eager"] = eager
+                if "fast" in modes:
+                    paths["fast"] = lambda: fast(batch)
+                if "fast_net" in modes:
+                    x = fast.net.preprocess_image(batch).tensor
+                    paths["fast net"] = lambda: fast.run_network(x)
+                for name, fn in paths.items():
+                    try:
+                        t, peak = _time(fn, device, args.warmup, args.iters)
+                    except torch.cuda.OutOfMemoryError:
+                        print(f"{name} {prec} {h}x{w} bs {bs}: out of memory", flush=True)
+                        continue
+                    record(what=f"ours {name}", precision=prec, size=f"{h}x{w}", batch=bs,
+                           img_per_s=bs / t, ms_per_batch=t * 1e3, peak_gib=peak)
+        del fast
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def bench_hf(args, device, record):
+    import torch
+    import transformers
+
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    hf = transformers.RTDetrForObjectDetection(transformers.RTDetrConfig(num_labels=80)).to(device).eval()
+    for prec in args.precisions.split(","):
+        amp = prec != "fp32" and device.type == "cuda"
+        for h, w in _parse_sizes(args.sizes):
+            for bs in [int(b) for b in args.infer_batches.split(",")]:
+                x = torch.rand(bs, 3, h, w, device=device)
+
+                def hf_infer():
+                    with torch.no_grad(), torch.autocast(device.type, dtype=dtypes[prec], enabled=amp):
+                        hf(pixel_values=x)
+
+                try:
                     t, peak = _time(hf_infer, device, args.warmup, args.iters)
-                    record(what=f"HF transformers {transformers.__version__}", precision=prec, size=f"{h}x{w}",
-                           batch=bs, img_per_s=bs / t, ms_per_batch=t * 1e3, peak_gib=peak)
+                except (torch.cuda.OutOfMemoryError, RuntimeError) as e:  # e.g. a size HF's anchors reject
+                    print(f"HF {prec} {h}x{w} bs {bs}: {type(e).__name__}: {str(e)[:120]}", flush=True)
+                    continue
+                record(what=f"HF transformers {transformers.__version__}", precision=prec, size=f"{h}x{w}",
+                       batch=bs, img_per_s=bs / t, ms_per_batch=t * 1e3, peak_gib=peak)
+
+
+# ----------------------------------------------------------------------------------------------- accuracy
+def bench_accuracy(args, device):
+    """AP and detection agreement of the fast paths against the fp32 eager model on a trained checkpoint."""
+    import torch
+
+    from detectron2.config import LazyConfig, instantiate
+    from detectron2.evaluation import inference_on_dataset
+
+    from neo_rtdetr.checkpoint.checkpointer import RTDETRCheckpointer
+    from neo_rtdetr.data.catalog import register_datasets_from_config
+    from neo_rtdetr.engine.fast_inference import FastInference
+    from neo_rtdetr.utils.detection_agreement import detection_agreement
+
+    cfg = LazyConfig.load(args.accuracy_config)
+    register_datasets_from_config(cfg.dataloader.get("datasets"))
+    model = instantiate(cfg.model).to(device).eval()
+    RTDETRCheckpointer(model).load(args.accuracy_checkpoint)
+    loader = instantiate(cfg.dataloader.test)
+    batches = []
+    for i, b in enumerate(loader):
+        if args.accuracy_max_images and i * len(b) >= args.accuracy_max_images:
+            break
+        batches.append(b)
+
+    class _Autocast(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, batch):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                return self.inner(batch)
+
+    paths = {
+        "eager fp32": model,
+        "eager bf16 autocast": _Autocast(model),
+        "fast bf16": FastInference(model, dtype=torch.bfloat16),
+        "fast fp32": FastInference(model, dtype=torch.float32),
+    }
+    outputs, results = {}, {}
+    for name, m in paths.items():
+        with torch.no_grad():
+            outputs[name] = [o["instances"].to("cpu") for b in batches for o in m(b)]
+        evaluator = instantiate(cfg.dataloader.evaluator)
+        ap = inference_on_dataset(m, batches, evaluator)["bbox"]
+        results[name] = {"AP": ap["AP"], "AP50": ap["AP50"]}
+    ref = outputs["eager fp32"]
+    for name in paths:
+        agree = [detection_agreement(r, c, top_k=100, score_tolerance=0.02) for r, c in zip(ref, outputs[name])]
+        results[name]["agreement_top100"] = sum(agree) / max(len(agree), 1)
+    print(f"\naccuracy ({args.accuracy_config}, {len(ref)} images): AP / AP50 / agreement with eager fp32")
+    for name, r in results.items():
+        print(f"  {name:<22} {r['AP']:6.2f} {r['AP50']:6.2f} {r['agreement_top100']:8.4f}")
+    return results
+
+
+# ----------------------------------------------------------------------------------------------- main
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    from detectron2.config import LazyConfig
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cfg_model = LazyConfig.load(args.config_file).model
+    baseline = {}
+    if args.baseline_json:
+        with open(args.baseline_json) as f:
+            for row in json.load(f)["rows"]:
+                baseline[(row["what"], row["precision"], row["size"], row["batch"])] = row["img_per_s"]
+    rows = []
+
+    def record(**row):
+        rows.append(row)
+        ratio = ""
+        key = (row["what"], row["precision"], row["size"], row["batch"])
+        for base_key in (key, (BASELINE_ALIASES.get(row["what"], row["what"]), *key[1:])):
+            if base_key in baseline:
+                row["baseline_img_per_s"] = baseline[base_key]
+                ratio = f"  x{row['img_per_s'] / baseline[base_key]:.2f} vs baseline"
+                break
+        print(
+            f"{row['what']:<32} {row['precision']:<5} {row['size']:<10} bs {row['batch']:<3} "
+            f"{row['img_per_s']:9.1f} img/s {row['ms_per_batch']:9.2f} ms  peak {row['peak_gib']:.2f} GiB{ratio}",
+            flush=True,
+        )
+
+    if not args.skip_train:
+        bench_train(args, cfg_model, device, record)
+    if not args.skip_infer:
+        bench_infer(args, cfg_model, device, record)
+    if args.hf_baseline:
+        bench_hf(args, device, record)
+    accuracy = bench_accuracy(args, device) if args.accuracy_config else None
 
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
@@ -170,6 +367,7 @@ def main(argv=None) -> int:
         "commit": commit or os.environ.get("NEO_RTDETR_COMMIT", ""),
         "config": args.config_file,
         "rows": rows,
+        "accuracy": accuracy,
     }
     with open(args.output, "w") as f:
         json.dump(result, f, indent=1)

@@ -170,8 +170,8 @@ class RTDETRTrainer(SimpleTrainer):
             loss_dict = self.model(data)
         if isinstance(loss_dict, torch.Tensor):
             loss_dict = {"total_loss": loss_dict}
-        loss_dict = {k: v.float() for k, v in loss_dict.items()}
-        losses = sum(loss_dict.values())
+        values = torch.stack([v.float() for v in loss_dict.values()])
+        losses = values.sum()
 
         self.optimizer.zero_grad(set_to_none=True)
         # Always backward, even for a non-finite loss: DDP ranks must join the gradient all-reduce.
@@ -180,24 +180,26 @@ class RTDETRTrainer(SimpleTrainer):
             self.grad_scaler.unscale_(self.optimizer)
         else:
             losses.backward()
-        grad_norm = self._grad_norm_and_clip()
+        grad_norm = self._grad_norm_and_clip().detach().to(losses.device, torch.float32)
 
-        bad = torch.stack(
-            [~torch.isfinite(losses.detach()), ~torch.isfinite(grad_norm.detach().to(losses.device))]
-        ).float()
+        bad = torch.stack([~torch.isfinite(losses.detach()), ~torch.isfinite(grad_norm)]).float()
         if _world_size() > 1:
             dist.all_reduce(bad, op=dist.ReduceOp.MAX)
-        loss_bad, grad_bad = (bool(x) for x in bad.tolist())
+        # the step's one host transfer: skip flags, loss terms and grad norm together
+        host = torch.cat([bad, values.detach(), grad_norm.reshape(1)]).cpu()
+        loss_bad, grad_bad = bool(host[0]), bool(host[1])
+        host_losses = dict(zip(loss_dict, host[2:-1].unbind()))
+        grad_norm_value = float(host[-1])
 
         if loss_bad or grad_bad:
-            self._skip_step(data, loss_dict, float(grad_norm), loss_bad)
+            self._skip_step(data, host_losses, grad_norm_value, loss_bad)
             return
 
         self.nonfinite_count = 0
         self.last_step_skipped = False
-        self._write_metrics(loss_dict, data_time)
+        self._write_metrics(host_losses, data_time)
         storage = self.storage
-        storage.put_scalar("grad_norm", float(grad_norm))
+        storage.put_scalar("grad_norm", grad_norm_value)
         if self.grad_scaler is not None:
             storage.put_scalar("loss_scale", float(self.grad_scaler.get_scale()), smoothing_hint=False)
             self.grad_scaler.step(self.optimizer)

@@ -219,3 +219,29 @@ def test_get_activation():
     layer = ConvNormLayer(3, 8, 3, 2, act="silu")
     assert layer.conv.bias is None and layer.conv.padding == (1, 1) and isinstance(layer.norm, nn.BatchNorm2d)
     assert isinstance(layer.act, nn.SiLU)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_frozen_bn_fused_gradient_path_equals_the_formula(dtype):
+    """With gradients (one addcmul) and without (F.batch_norm): y = (x - mean) / sqrt(var + eps) * w + b."""
+    g = torch.Generator().manual_seed(0)
+    bn = FrozenBatchNorm2d(3).to(torch.float64)
+    bn.weight.copy_(torch.rand(3, generator=g, dtype=torch.float64) + 0.5)
+    bn.bias.copy_(torch.randn(3, generator=g, dtype=torch.float64))
+    bn.running_mean.copy_(torch.randn(3, generator=g, dtype=torch.float64))
+    bn.running_var.copy_(torch.rand(3, generator=g, dtype=torch.float64) + 0.5)
+    x64 = torch.randn(2, 3, 4, 5, generator=g, dtype=torch.float64)
+    shape = (1, 3, 1, 1)
+    ref = (x64 - bn.running_mean.view(shape)) / (bn.running_var.view(shape) + bn.eps).sqrt() * bn.weight.view(shape) \
+        + bn.bias.view(shape)
+    x = x64.to(dtype).requires_grad_()
+    y = bn(x)
+    assert y.dtype == dtype
+    tol = 1e-12 if dtype == torch.float64 else 3e-2
+    torch.testing.assert_close(y.double(), ref, rtol=tol, atol=tol)
+    y.sum().backward()
+    expected_grad = (bn.weight / (bn.running_var + bn.eps).sqrt()).view(shape).expand_as(x64)
+    torch.testing.assert_close(x.grad.double(), expected_grad, rtol=tol, atol=tol)
+    with torch.no_grad():  # (F.batch_norm wants float32 statistics with a bf16 input)
+        bn_eval = bn.to(torch.float32) if dtype == torch.bfloat16 else bn
+        torch.testing.assert_close(bn_eval(x64.to(dtype)).double(), ref, rtol=tol, atol=tol)

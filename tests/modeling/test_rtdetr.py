@@ -268,3 +268,50 @@ def test_overfits_two_images():
         for j in range(len(gt)):
             same_class = top.pred_classes == gt.gt_classes[j]
             assert (iou[j][same_class] > 0.8).any(), (iou, top.pred_classes, gt.gt_classes)
+
+
+def test_convert_to_deploy_folds_every_batch_norm_and_keeps_the_outputs():
+    """RepVgg fusion + conv/BN folding (frozen BNs of the backbone, BNs of the encoder and decoder projections)."""
+    from detectron2.layers import FrozenBatchNorm2d
+
+    from neo_rtdetr.modeling.layers.fuse_conv_bn import fold_batch_norms
+
+    from .hf_oracle import randomize
+
+    model = tiny_model().double()
+    randomize(model, seed=3)  # non-trivial running statistics and affine parameters everywhere
+    model.eval()
+    norms = lambda m: [n for n, x in m.named_modules() if isinstance(x, (torch.nn.BatchNorm2d, FrozenBatchNorm2d))]  # noqa: E731
+    assert any(n.startswith("backbone") for n in norms(model)) and any(n.startswith("encoder") for n in norms(model))
+    x = torch.rand(2, 3, 96, 128, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = model.forward_network(x)
+        deployed = copy.deepcopy(model).convert_to_deploy()
+        got = deployed.forward_network(x)
+    assert norms(deployed) == []
+    assert ref["pred_logits"].std() > 0.1
+    torch.testing.assert_close(got["pred_logits"], ref["pred_logits"], rtol=0, atol=1e-9)
+    torch.testing.assert_close(got["pred_boxes"], ref["pred_boxes"], rtol=0, atol=1e-9)
+    with pytest.raises(RuntimeError, match="eval"):
+        fold_batch_norms(tiny_model().train())
+
+
+def test_channels_last_model_computes_the_same_function():
+    ref = tiny_model().eval()
+    cfg = LazyConfig.load("configs/common/models/rtdetr_tiny.py")
+    cfg.model.num_classes = 6
+    cfg.model.channels_last = True
+    fast = instantiate(cfg.model).eval()
+    fast.load_state_dict(ref.state_dict())
+    conv = fast.backbone.conv1[0].conv.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    x = torch.rand(2, 3, 96, 128, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = ref.forward_network(x), fast.forward_network(x)
+    torch.testing.assert_close(b["pred_logits"], a["pred_logits"], rtol=0, atol=1e-4)
+    torch.testing.assert_close(b["pred_boxes"], a["pred_boxes"], rtol=0, atol=1e-4)
+    # training works and the gradients keep the weights' layout
+    fast.train()
+    losses = fast(make_inputs([(96, 128)] * 2, [2, 1]))
+    sum(losses.values()).backward()
+    assert conv.grad is not None and conv.grad.is_contiguous(memory_format=torch.channels_last)

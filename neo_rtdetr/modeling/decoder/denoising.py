@@ -83,19 +83,19 @@ def get_contrastive_denoising_training_group(
     else:
         num_group = max(1, num_denoising // max_gt)
 
-    # padded ground truth [B, M]
+    # padded ground truth [B, M], filled with one indexed write per field (slots built on the host from the sizes)
     query_class = torch.full([bs, max_gt], num_classes, dtype=torch.int32, device=device)
     query_box = torch.zeros([bs, max_gt, 4], dtype=_NOISE_DTYPE, device=device)
     pad_gt_mask = torch.zeros([bs, max_gt], dtype=torch.bool, device=device)
     if empty_batch:
         query_box[..., :2] = 0.5
         query_box[..., 2:] = 0.1
-    for i, t in enumerate(targets):
-        n = num_gts[i]
-        if n > 0:
-            query_class[i, :n] = t["labels"].to(device=device, dtype=torch.int32)
-            query_box[i, :n] = t["boxes"].to(device=device, dtype=_NOISE_DTYPE)
-            pad_gt_mask[i, :n] = True
+    else:
+        image_idx = torch.repeat_interleave(torch.arange(bs), torch.tensor(num_gts)).to(device, non_blocking=True)
+        slot_idx = torch.cat([torch.arange(n) for n in num_gts]).to(device, non_blocking=True)
+        query_class[image_idx, slot_idx] = torch.cat([t["labels"] for t in targets]).to(device, torch.int32)
+        query_box[image_idx, slot_idx] = torch.cat([t["boxes"] for t in targets]).to(device, _NOISE_DTYPE)
+        pad_gt_mask[image_idx, slot_idx] = True
 
     # G groups of (M positives, M negatives): [B, 2MG]
     query_class = query_class.tile([1, 2 * num_group])

@@ -10,6 +10,7 @@ from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, ImageList, Instances
 
 from neo_rtdetr.modeling.layers.box_ops import box_cxcywh_to_xyxy
+from neo_rtdetr.modeling.layers.fuse_conv_bn import fold_batch_norms
 
 __all__ = ["RTDETR", "TARGET_BOXES_FIELD"]
 
@@ -39,6 +40,8 @@ class RTDETR(nn.Module):
         input_format: channel order of ``batched_inputs[i]["image"]`` ("RGB" for official weights).
         num_top_queries: detections per image at inference (top-k over queries x classes).
         size_divisibility: inputs are zero-padded bottom/right to a multiple of this.
+        channels_last: keep the convolution weights and the input batch in channels-last (NHWC) memory layout,
+            which the GPU convolution kernels of recent NVIDIA cards prefer (same values, other strides).
     """
 
     def __init__(
@@ -54,6 +57,7 @@ class RTDETR(nn.Module):
         input_format: str = "RGB",
         num_top_queries: int = 300,
         size_divisibility: int = 32,
+        channels_last: bool = False,
     ):
         super().__init__()
         self.backbone = backbone
@@ -72,6 +76,9 @@ class RTDETR(nn.Module):
         self.size_divisibility = int(size_divisibility)
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
+        self.channels_last = bool(channels_last)
+        if self.channels_last:
+            self.to(memory_format=torch.channels_last)
 
     @property
     def device(self) -> torch.device:
@@ -176,6 +183,8 @@ class RTDETR(nn.Module):
         Returns:
             the decoder's output dict (``pred_logits`` [B, Q, K], ``pred_boxes`` [B, Q, 4], ...).
         """
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         features = self.backbone(x)
         feats = [features[k] for k in self._feature_names()]
         return self.decoder(self.encoder(feats), targets)
@@ -208,9 +217,22 @@ class RTDETR(nn.Module):
         scores, labels, boxes = self.select_topk(outputs["pred_logits"], outputs["pred_boxes"])
         H, W = images.tensor.shape[-2:]
         boxes = boxes * boxes.new_tensor([W, H, W, H])  # pixels of the (padded) network input
+        return self.detections_to_instances(scores, labels, boxes, batched_inputs, images.image_sizes)
+
+    @staticmethod
+    def detections_to_instances(
+        scores: Tensor, labels: Tensor, boxes: Tensor, batched_inputs: List[Dict], image_sizes: List[Tuple[int, int]]
+    ) -> List[Dict[str, Instances]]:
+        """Per-image ``Instances`` in the requested output resolution (Detectron2's ``detector_postprocess``).
+
+        Args:
+            scores: [B, k]; labels: [B, k]; boxes: [B, k, 4] xyxy in pixels of the padded network input.
+            batched_inputs: the inputs (optional ``height`` / ``width``: the output resolution).
+            image_sizes: (h, w) of each image before padding.
+        """
         results = []
         for i, x in enumerate(batched_inputs):
-            h, w = images.image_sizes[i]
+            h, w = image_sizes[i]
             inst = Instances((h, w))
             inst.pred_boxes = Boxes(boxes[i])
             inst.scores = scores[i]
@@ -221,6 +243,10 @@ class RTDETR(nn.Module):
 
     # ------------------------------------------------------------------------------------ deployment
     def convert_to_deploy(self) -> "RTDETR":
-        """Fuse the RepVgg blocks (inference only; irreversible). Returns self."""
+        """Inference-only rewrite (irreversible): fuse the RepVgg blocks and fold every batch norm into its
+        convolution. The outputs are unchanged up to float rounding; the state dict loses the BN entries. Puts the
+        model in eval mode. Returns self."""
+        self.eval()
         self.encoder.convert_to_deploy()
+        fold_batch_norms(self)
         return self
