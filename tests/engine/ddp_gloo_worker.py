@@ -127,18 +127,18 @@ def _make_instrumented_trainer():
             crit = net.criterion
             orig_num_boxes, orig_forward = crit._num_boxes, crit.forward
 
-            def num_boxes(targets, device):
-                value = orig_num_boxes(targets, device)
+            def num_boxes(targets, *args, **kwargs):
+                value = orig_num_boxes(targets, *args, **kwargs)
                 self._cur["local_boxes"] = sum(int(t["labels"].shape[0]) for t in targets)
-                self._cur["num_boxes"] = float(value)
+                self._cur["num_boxes"] = float(value)  # a float or a 0-dim tensor
                 return value
 
-            def criterion_forward(outputs, targets):
+            def criterion_forward(outputs, targets, *args, **kwargs):
                 meta = outputs.get("dn_meta")
                 self._cur["dn_num_group"] = int(meta["dn_num_group"]) if meta else None
                 self._cur["dn_num_split"] = [int(x) for x in meta["dn_num_split"]] if meta else None
                 self._cur["dn_queries_out"] = int(outputs["dn_outputs"][0]["pred_logits"].shape[1]) if meta else None
-                losses = orig_forward(outputs, targets)
+                losses = orig_forward(outputs, targets, *args, **kwargs)
                 self._cur["loss_keys"] = sorted(losses)
                 return losses
 
