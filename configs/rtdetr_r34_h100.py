@@ -12,7 +12,7 @@ from .common.train import train
 
 train.output_dir = "./output/rtdetr_r34_h100"
 train.epochs = 72
-train.sync_bn = True  # official: SyncBN for the trainable-BN backbones under DDP
+train.sync_bn = True  # official runtime.yml: SyncBN under DDP for every size (the encoder BNs always train)
 dataloader.train.total_batch_size = 16
 # strong augmentations and multi-scale stop for the last epoch (v2 "stop-epoch" policy)
 dataloader.train.mapper.stop_strong_augmentation_epoch = 71

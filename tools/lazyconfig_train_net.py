@@ -36,9 +36,33 @@ def main(args):
     return do_train(cfg, resume=args.resume)
 
 
+def check_world_size(args) -> None:
+    """Fail before spawning any process when the config cannot be split over the world size.
+
+    The training batch is ``dataloader.train.total_batch_size`` over all processes
+    (``--num-gpus`` x ``--num-machines``); each process takes ``total / world size`` images.
+
+    Raises:
+        SystemExit: the total batch size is not a positive multiple of the world size.
+    """
+    world_size = args.num_gpus * args.num_machines
+    if args.eval_only or world_size <= 1:
+        return
+    cfg = apply_overrides_strict(LazyConfig.load(args.config_file), args.opts)
+    total = cfg.dataloader.train.total_batch_size
+    if total <= 0 or total % world_size != 0:
+        raise SystemExit(
+            f"dataloader.train.total_batch_size={total} cannot be split over {world_size} processes "
+            f"(--num-gpus {args.num_gpus} x --num-machines {args.num_machines}): it must be a positive multiple "
+            f"of {world_size}. Change the batch (e.g. dataloader.train.total_batch_size={world_size * max(1, total // world_size)}) "
+            "or the number of GPUs."
+        )
+
+
 def cli(argv=None):
     args = default_argument_parser().parse_args(argv)
     if args.num_gpus > 1 or args.num_machines > 1:
+        check_world_size(args)
         launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
                dist_url=args.dist_url, args=(args,))
     else:

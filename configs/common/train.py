@@ -15,7 +15,7 @@ train = dict(
     clip_grad=dict(max_norm=0.1),  # global grad-norm clipping (None: off)
     max_consecutive_nonfinite=10,  # non-finite steps are skipped; stop after this many in a row
     ema=dict(enabled=True, decay=0.9999, warmups=2000),  # evaluation and model_best use EMA weights
-    sync_bn=False,  # convert BatchNorm to SyncBatchNorm when training on several GPUs
+    sync_bn=True,  # BatchNorm -> SyncBatchNorm when several processes train (official runtime.yml; CUDA only)
     ddp=dict(broadcast_buffers=False, find_unused_parameters=False, fp16_compression=False),
     checkpointer=dict(max_to_keep=5),
 )

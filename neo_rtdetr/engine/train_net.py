@@ -7,7 +7,9 @@ train loader (dataset size // total batch size).
 """
 
 import logging
+
 import torch
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from detectron2.config import instantiate
 from detectron2.engine import create_ddp_model, hooks
@@ -20,7 +22,7 @@ from neo_rtdetr.data.catalog import register_datasets_from_config
 from neo_rtdetr.engine.ema import EMAHook, ModelEMA
 from neo_rtdetr.engine.trainer import RTDETRTrainer
 
-__all__ = ["resolve_device", "build_model", "do_test", "do_train", "TrainSchedule"]
+__all__ = ["resolve_device", "build_model", "wrap_ddp", "do_test", "do_train", "TrainSchedule"]
 
 logger = logging.getLogger("neo_rtdetr")
 
@@ -35,11 +37,23 @@ def resolve_device(cfg) -> str:
 
 
 def build_model(cfg) -> torch.nn.Module:
-    """Instantiate ``cfg.model`` on the configured device (SyncBN under DDP if ``train.sync_bn``)."""
+    """Instantiate ``cfg.model`` on the configured device (SyncBN under DDP if ``train.sync_bn``).
+
+    With several processes and ``train.sync_bn``, every ``BatchNorm*d`` becomes a ``SyncBatchNorm`` here,
+    i.e. before the optimizer, the EMA copy and the DDP wrapper are built from the model.
+    """
     register_datasets_from_config(cfg.dataloader.get("datasets"))
     model = instantiate(cfg.model)
-    if cfg.train.get("sync_bn", False) and comm.get_world_size() > 1:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if comm.get_world_size() > 1:
+        if cfg.train.get("sync_bn", False):
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        elif any(isinstance(m, _BatchNorm) and m.track_running_stats for m in model.modules()):
+            logger.warning(
+                "train.sync_bn=False with %d processes: each rank keeps its own BatchNorm running statistics "
+                "(batch statistics over its own images only); checkpoints hold rank 0's, and each rank "
+                "evaluates its shard with its own. The official recipe uses SyncBN.",
+                comm.get_world_size(),
+            )
     model.to(resolve_device(cfg))
     logger.info("Model:\n%s", model)
     return model
@@ -88,6 +102,28 @@ class TrainSchedule:
         self.checkpoint_period = max(1, int(cfg.train.get("checkpoint_period_epochs", 1) * iters_per_epoch))
 
 
+def wrap_ddp(model: torch.nn.Module, ddp_cfg) -> torch.nn.Module:
+    """detectron2's ``create_ddp_model`` with ``train.ddp`` as keyword arguments, usable on CPU (gloo) too.
+
+    detectron2 v0.6 passes ``device_ids=[local_rank]`` unless told otherwise, which DDP refuses for a
+    CPU model; a model whose parameters are not on CUDA gets ``device_ids=None``.
+
+    Raises:
+        ValueError: the model has ``SyncBatchNorm`` layers (``train.sync_bn``) but is not on CUDA under
+            several processes: PyTorch's SyncBatchNorm, and DDP around it, do not run on CPU.
+    """
+    kwargs = dict(ddp_cfg)
+    param = next(model.parameters(), None)
+    if comm.get_world_size() > 1 and param is not None and param.device.type != "cuda":
+        if any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules()):
+            raise ValueError(
+                f"train.sync_bn=True needs CUDA, but the model is on '{param.device}': PyTorch's SyncBatchNorm "
+                "(and DDP around it) does not run on CPU. Set train.sync_bn=False for CPU (gloo) runs."
+            )
+        kwargs.setdefault("device_ids", None)
+    return create_ddp_model(model, **kwargs)
+
+
 def do_train(cfg, *, resume: bool = False) -> None:
     """Train ``cfg`` with hooks: EMA, LR schedule, periodic/best checkpoints, COCO eval, writers."""
     model = build_model(cfg)
@@ -101,7 +137,7 @@ def do_train(cfg, *, resume: bool = False) -> None:
     )
 
     ema = ModelEMA(model, decay=cfg.train.ema.decay, warmups=cfg.train.ema.warmups) if cfg.train.ema.enabled else None
-    ddp_model = create_ddp_model(model, **cfg.train.ddp)
+    ddp_model = wrap_ddp(model, cfg.train.ddp)
     trainer = RTDETRTrainer(
         ddp_model,
         train_loader,
