@@ -10,7 +10,8 @@ Rows:
 * ``train step``: forward with denoising, all loss terms, backward, grad clipping (0.1), AdamW step; batch
   ``--train-batch`` with 1-19 random boxes per image. Variants (``--train-variants``): ``default`` (the model as
   configured: Triton deformable attention on CUDA, batched matcher/criterion; fused AdamW), ``channels_last``,
-  ``pytorch_msda`` (the grid_sample reference core instead of the Triton kernels), ``foreach_adamw``.
+  ``pytorch_msda`` (the grid_sample reference core instead of the Triton kernels), ``foreach_adamw``,
+  ``compile`` (channels-last, backbone and encoder under ``torch.compile``), ``compile_all`` (+ decoder layers).
 * ``eager`` inference: ``model(list[dict])`` (Detectron2 contract, uint8 images in, Instances out), bf16 autocast
   or fp32. ``fast``: :class:`~neo_rtdetr.engine.fast_inference.FastInference` (deployed bf16/fp32 copy,
   channels-last, CUDA graphs), same contract. ``fast net``: its network + top-k on a normalised float batch (what
@@ -36,7 +37,7 @@ import subprocess
 import sys
 import time
 
-TRAIN_VARIANTS = ("default", "channels_last", "pytorch_msda", "foreach_adamw")
+TRAIN_VARIANTS = ("default", "channels_last", "pytorch_msda", "foreach_adamw", "compile", "compile_all")
 # row names of earlier versions of this script, for --baseline-json
 BASELINE_ALIASES = {"train step (default)": "ours train step", "ours eager": "ours inference"}
 
@@ -146,9 +147,13 @@ def bench_train(args, cfg_model, device, record):
     for variant in args.train_variants.split(","):
         if variant not in TRAIN_VARIANTS:
             raise SystemExit(f"unknown train variant {variant!r}; choose from {TRAIN_VARIANTS}")
-        model = _build(cfg_model, device, channels_last=variant == "channels_last").train()
+        model = _build(cfg_model, device, channels_last=variant in ("channels_last", "compile", "compile_all")).train()
         if variant == "pytorch_msda":
             _use_reference_msda(model)
+        if variant.startswith("compile"):
+            from neo_rtdetr.engine.compile import compile_model
+
+            compile_model(model, decoder_layers=variant == "compile_all")
         params = [p for p in model.parameters() if p.requires_grad]
         fused = variant != "foreach_adamw" and device.type == "cuda"
         opt = torch.optim.AdamW(params, lr=1e-5, fused=fused) if fused else torch.optim.AdamW(params, lr=1e-5)
@@ -167,6 +172,12 @@ def bench_train(args, cfg_model, device, record):
                     opt.step()
 
                 try:
+                    if variant.startswith("compile"):  # compile outside the timed warm-up, and say how long it took
+                        t0 = time.perf_counter()
+                        train_step()
+                        _sync(device)
+                        print(f"train step ({variant}) {prec} {h}x{w}: first step (compilation) "
+                              f"{time.perf_counter() - t0:.1f} s", flush=True)
                     t, peak = _time(train_step, device, args.warmup, args.iters)
                     record(what=f"train step ({variant})", precision=prec, size=f"{h}x{w}", batch=args.train_batch,
                            img_per_s=args.train_batch / t, ms_per_batch=t * 1e3, peak_gib=peak)

@@ -98,6 +98,7 @@ class FastInference(nn.Module):
         self.max_graphs = int(max_graphs)
         self.warmup = int(warmup)
         self._graphs: "collections.OrderedDict[tuple, _Graph]" = collections.OrderedDict()
+        self._scales: Dict[tuple, Tensor] = {}
         self._pool = None
 
     @property
@@ -115,8 +116,16 @@ class FastInference(nn.Module):
         x = x.to(self.dtype, memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         out = self.net.forward_network(x)
         scores, labels, boxes = self.net.select_topk(out["pred_logits"], out["pred_boxes"])
-        H, W = x.shape[-2:]
-        return scores, labels, boxes * boxes.new_tensor([W, H, W, H])
+        return scores, labels, boxes * self._box_scale(x.shape[-2], x.shape[-1], boxes)
+
+    def _box_scale(self, height: int, width: int, like: Tensor) -> Tensor:
+        """(W, H, W, H) on the device, made once per size outside graph capture (no host copy inside a graph)."""
+        key = (height, width, like.device, like.dtype)
+        scale = self._scales.get(key)
+        if scale is None:
+            scale = torch.tensor([width, height, width, height], dtype=like.dtype, device=like.device)
+            self._scales[key] = scale
+        return scale
 
     @torch.no_grad()
     def run_network(self, x: Tensor) -> Detections:
