@@ -23,6 +23,9 @@ import os
 import sys
 import warnings
 
+# configs under projects/<Name>/ import their code as projects.<Name>: the repository root must be importable
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
