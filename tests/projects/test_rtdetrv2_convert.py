@@ -22,6 +22,7 @@ from .rtdetrv2_helpers import build_v2, randomize_v2
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY_V2 = os.path.join(REPO, "projects/RTDETRv2/configs/models/rtdetrv2_tiny.py")
+R18_V2 = os.path.join(REPO, "projects/RTDETRv2/configs/models/rtdetrv2_r18.py")
 
 
 def _d2_load(model, path):
@@ -50,7 +51,7 @@ def test_official_v2_ema_file_converts_with_the_tool(official_v2, tmp_path, caps
                      "--output", str(out)])
     stdout = capsys.readouterr().out
     assert rc == 0, stdout
-    assert "[ema.module (EMA weights)], 80 classes" in stdout
+    assert "[ema.module (EMA weights)], 80 classes" in stdout and "derived buffers" not in stdout
     raw = torch.load(str(out), map_location="cpu", weights_only=True)["model"]
     assert set(raw) == set(official_v2["sd_ema"])
     for k, v in official_v2["sd_ema"].items():
@@ -109,12 +110,18 @@ def hf_v2_folder(hf_v2_r18_model, tmp_path_factory):
     return folder
 
 
-def test_hf_v2_folder_converts_to_the_same_outputs(hf_v2_folder, hf_v2_r18_model, tmp_path):
+def test_hf_v2_folder_converts_to_the_same_outputs(hf_v2_folder, hf_v2_r18_model, tmp_path, capsys):
     assert json.load(open(hf_v2_folder / "config.json"))["model_type"] == "rt_detr_v2"
+    out = tmp_path / "rtdetrv2_r18.pth"
+    rc = _tool_main(["--source", "hf", "--input", str(hf_v2_folder), "--config-file", R18_V2, "--output", str(out)])
+    stdout = capsys.readouterr().out
+    assert rc == 0, stdout
+    assert "[model.safetensors], 80 classes" in stdout
+    assert "derived buffers taken from the model (absent from the input or for another eval size): " \
+           "decoder.anchors, decoder.valid_mask" in stdout
+    assert "matched 22 keys between the v1 (.0/.1) and v2" in stdout  # 3 x 6 encoder input_proj + 4 enc_output
     ours = build_v2("r18")
-    state, report = convert_checkpoint("hf", str(hf_v2_folder), ours)
-    assert report.origin == "model.safetensors" and report.checkpoint_num_classes == 80
-    assert sorted(report.derived) == ["decoder.anchors", "decoder.valid_mask"]
+    _d2_load(ours, str(out))
     ours.double().eval()
     x = torch.rand(1, 3, 160, 224, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     with torch.no_grad():
