@@ -32,7 +32,8 @@ sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--source", required=True, choices=("official", "hf"), help="official .pth (v1 or v2) or HF folder (rt_detr or rt_detr_v2)")
+    parser.add_argument("--source", required=True, choices=("official", "hf"),
+                        help="official .pth (v1 or v2) or HF folder (rt_detr or rt_detr_v2)")
     parser.add_argument("--input", required=True, help="official .pth file, or HF folder (config.json + weights)")
     parser.add_argument("--config-file", required=True, help="LazyConfig with a top-level `model`")
     parser.add_argument("--output", required=True, help="Detectron2 checkpoint to write (.pth)")

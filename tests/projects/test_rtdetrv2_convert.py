@@ -1,4 +1,5 @@
-"""Converting official rtdetrv2_pytorch (``ema.module``) and Hugging Face RT-DETRv2 weights (tools/convert_checkpoint.py).
+"""Converting official rtdetrv2_pytorch (``ema.module``) and Hugging Face RT-DETRv2 weights
+(tools/convert_checkpoint.py).
 
 Official files are simulated in the official v2 layout (our v2 model's state dict, whose names are checked against
 the documented official ones in test_rtdetrv2_decoder.py) and in the v1-named variant; Hugging Face folders with a
@@ -28,7 +29,8 @@ R18_V2 = os.path.join(REPO, "projects/RTDETRv2/configs/models/rtdetrv2_r18.py")
 def _d2_load(model, path):
     checkpointer = DetectionCheckpointer(model)
     incompatible = checkpointer._load_model(checkpointer._load_file(path))
-    assert incompatible.missing_keys == [] and incompatible.unexpected_keys == [] and incompatible.incorrect_shapes == []
+    assert incompatible.missing_keys == [] and incompatible.unexpected_keys == []
+    assert incompatible.incorrect_shapes == []
 
 
 @pytest.fixture(scope="module")
