@@ -17,8 +17,12 @@ parameters and FLOPs). The input size defaults to the config's dataloader.image_
 
 import argparse
 import logging
+import os
 import sys
 import warnings
+
+# configs under projects/<Name>/ import their code as projects.<Name>: the repository root must be importable
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def parse_args(argv=None):

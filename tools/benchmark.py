@@ -40,6 +40,8 @@ import time
 TRAIN_VARIANTS = ("default", "channels_last", "pytorch_msda", "foreach_adamw", "compile", "compile_all")
 # row names of earlier versions of this script, for --baseline-json
 BASELINE_ALIASES = {"train step (default)": "ours train step", "ours eager": "ours inference"}
+# configs under projects/<Name>/ import their code as projects.<Name>: the repository root must be importable
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def parse_args(argv=None):

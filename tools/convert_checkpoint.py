@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
-"""Convert official rtdetr_pytorch or Hugging Face RT-DETR weights into a Detectron2 checkpoint.
+"""Convert official rtdetr_pytorch / rtdetrv2_pytorch or Hugging Face RT-DETR / RT-DETRv2 weights into a
+Detectron2 checkpoint.
 
     python tools/convert_checkpoint.py --source official --input rtdetr_r50vd_6x_coco_from_paddle.pth \\
         --config-file configs/common/models/rtdetr_r50.py --output rtdetr_r50.pth
     python tools/convert_checkpoint.py --source hf --input ./rtdetr_r18vd/ \\
         --config-file configs/common/models/rtdetr_r18.py --output rtdetr_r18.pth --num-classes 6
+    python tools/convert_checkpoint.py --source official --input rtdetrv2_r50vd_6x_coco_ema.pth \\
+        --config-file projects/RTDETRv2/configs/models/rtdetrv2_r50.py --output rtdetrv2_r50.pth
 
 The model is built from --config-file (a model config or a training config with a top-level
 ``model``). The weights must fit it exactly; only with --num-classes different from the
@@ -23,10 +26,14 @@ import os
 import sys
 import warnings
 
+# configs under projects/<Name>/ import their code as projects.<Name>: the repository root must be importable
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--source", required=True, choices=("official", "hf"), help="official .pth or HF folder")
+    parser.add_argument("--source", required=True, choices=("official", "hf"),
+                        help="official .pth (v1 or v2) or HF folder (rt_detr or rt_detr_v2)")
     parser.add_argument("--input", required=True, help="official .pth file, or HF folder (config.json + weights)")
     parser.add_argument("--config-file", required=True, help="LazyConfig with a top-level `model`")
     parser.add_argument("--output", required=True, help="Detectron2 checkpoint to write (.pth)")
@@ -68,6 +75,12 @@ def main(argv=None) -> int:
                   f"{len(report.reinitialized)} tensors:")
             for key in report.reinitialized:
                 print(f"  {key} {tuple(state[key].shape)}")
+        if report.renamed:
+            print(f"matched {len(report.renamed)} keys between the v1 (.0/.1) and v2 (.conv/.norm, .proj/.norm) "
+                  "child names")
+        if report.derived:
+            print(f"derived buffers taken from the model (absent from the input or for another eval size): "
+                  f"{', '.join(report.derived)}")
         if report.added_counters or report.dropped_counters:
             print(f"BatchNorm num_batches_tracked: {len(report.added_counters)} added, "
                   f"{len(report.dropped_counters)} dropped (frozen BatchNorms have none)")

@@ -25,6 +25,9 @@ import sys
 import time
 import warnings
 
+# configs under projects/<Name>/ import their code as projects.<Name>: the repository root must be importable
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

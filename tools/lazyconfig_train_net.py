@@ -10,7 +10,11 @@ Overrides (``key=value`` after the options) must name existing config keys; ``+k
 """
 
 import logging
+import os
 import sys
+
+# configs under projects/<Name>/ import their code as projects.<Name>: the repository root must be importable
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from detectron2.config import LazyConfig
 from detectron2.engine import default_argument_parser, default_setup, launch

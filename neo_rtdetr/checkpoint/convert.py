@@ -1,9 +1,12 @@
-"""Convert official rtdetr_pytorch and Hugging Face RT-DETR weights into neo_rtdetr checkpoints.
+"""Convert official rtdetr_pytorch / rtdetrv2_pytorch and Hugging Face RT-DETR / RT-DETRv2 weights
+into neo_rtdetr checkpoints.
 
 Our module names are the official ones, so an official state dict only needs its container
 unwrapped (``ema.module`` or ``model``); a Hugging Face one is renamed with
 :mod:`neo_rtdetr.checkpoint.hf_rtdetr_keys`. The result is reconciled with the target model:
-BatchNorm ``num_batches_tracked`` counters are added or dropped as the model needs, a different
+BatchNorm ``num_batches_tracked`` counters are added or dropped as the model needs, the v1 / v2
+names of the same Sequential children are matched (:data:`LAYOUT_ALIASES`), buffers an RT-DETRv2
+decoder derives from its config are filled in when absent (:data:`DERIVED_BUFFER_KEYS`), a different
 number of classes re-initialises the class-dependent tensors (said so), and anything else that does
 not fit is refused with the names of the keys.
 """
@@ -21,6 +24,8 @@ from neo_rtdetr.checkpoint.hf_rtdetr_keys import convert_hf_rtdetr_state_dict
 
 __all__ = [
     "CLASS_DEPENDENT_KEYS",
+    "DERIVED_BUFFER_KEYS",
+    "LAYOUT_ALIASES",
     "unwrap_official_checkpoint",
     "load_hf_state_dict",
     "reconcile_state_dict",
@@ -33,6 +38,50 @@ logger = logging.getLogger(__name__)
 CLASS_DEPENDENT_KEYS = re.compile(
     r"^decoder\.(enc_score_head\.(weight|bias)|dec_score_head\.\d+\.(weight|bias)|denoising_class_embed\.weight)$"
 )
+
+#: Sequential children named by position in the official v1 layout and by name in the v2 one
+#: (``HybridEncoder(version="v2")``, ``RTDETRTransformerv2``): (checkpoint-key regex, model-key replacement), tried in
+#: both directions when a checkpoint key is not in the model.
+LAYOUT_ALIASES: List[Tuple["re.Pattern", str]] = [
+    (re.compile(r"^(encoder\.input_proj\.\d+)\.0\."), r"\1.conv."),
+    (re.compile(r"^(encoder\.input_proj\.\d+)\.1\."), r"\1.norm."),
+    (re.compile(r"^(decoder\.enc_output)\.0\."), r"\1.proj."),
+    (re.compile(r"^(decoder\.enc_output)\.1\."), r"\1.norm."),
+    (re.compile(r"^(encoder\.input_proj\.\d+)\.conv\."), r"\1.0."),
+    (re.compile(r"^(encoder\.input_proj\.\d+)\.norm\."), r"\1.1."),
+    (re.compile(r"^(decoder\.enc_output)\.proj\."), r"\1.0."),
+    (re.compile(r"^(decoder\.enc_output)\.norm\."), r"\1.1."),
+]
+
+#: Buffers of an RT-DETRv2 decoder that are functions of its config: the anchors and valid mask of
+#: ``eval_spatial_size`` and the per-point offset scale (``1 / P_l``) of each cross-attention. Absent from a
+#: checkpoint (Hugging Face, official v1), they are taken from the model; anchors of another shape (another
+#: ``eval_spatial_size``) are replaced by the model's. ``num_points_scale`` values must equal the model's: they
+#: encode the points per level, which the offset shapes alone do not reveal.
+DERIVED_BUFFER_KEYS = re.compile(r"^decoder\.(anchors|valid_mask|decoder\.layers\.\d+\.cross_attn\.num_points_scale)$")
+_ANCHOR_KEYS = re.compile(r"^decoder\.(anchors|valid_mask)$")
+
+
+def _model_key(key: str, target: Mapping[str, Tensor]) -> str:
+    """``key`` itself if the model has it, else its v1/v2 alias if the model has that, else ``key``."""
+    if key in target:
+        return key
+    for pattern, replacement in LAYOUT_ALIASES:
+        if pattern.match(key):
+            alias = pattern.sub(replacement, key, count=1)
+            if alias in target:
+                return alias
+    return key
+
+
+def _points_per_level(scale: Tensor) -> List[int]:
+    """Points per level encoded by a ``num_points_scale`` buffer (``1 / P_l`` repeated ``P_l`` times)."""
+    values, points, i = scale.detach().double().cpu().tolist(), [], 0
+    while i < len(values):
+        n = max(1, int(round(1.0 / values[i]))) if values[i] > 0 else 1
+        points.append(n)
+        i += n
+    return points
 
 
 def unwrap_official_checkpoint(obj: Mapping) -> Dict[str, Tensor]:
@@ -51,7 +100,7 @@ def unwrap_official_checkpoint(obj: Mapping) -> Dict[str, Tensor]:
 
 
 def load_hf_state_dict(folder: str) -> Tuple[Dict[str, Tensor], Dict]:
-    """Read a Hugging Face RT-DETR folder (config.json + model.safetensors or pytorch_model.bin).
+    """Read a Hugging Face RT-DETR or RT-DETRv2 folder (config.json + model.safetensors or pytorch_model.bin).
 
     Returns:
         (state dict renamed to our names, the HF config as a dict).
@@ -61,8 +110,11 @@ def load_hf_state_dict(folder: str) -> Tuple[Dict[str, Tensor], Dict]:
         raise FileNotFoundError(f"{folder} is not a Hugging Face model folder: no config.json")
     with open(config_file) as f:
         config = json.load(f)
-    if config.get("model_type") not in (None, "rt_detr"):
-        raise ValueError(f"{folder}: model_type {config.get('model_type')!r} is not 'rt_detr' (RT-DETR v1)")
+    if config.get("model_type") not in (None, "rt_detr", "rt_detr_v2"):
+        raise ValueError(
+            f"{folder}: model_type {config.get('model_type')!r} is neither 'rt_detr' (RT-DETR) nor "
+            "'rt_detr_v2' (RT-DETRv2)"
+        )
     st_file, bin_file = os.path.join(folder, "model.safetensors"), os.path.join(folder, "pytorch_model.bin")
     if os.path.isfile(st_file):
         from safetensors.torch import load_file
@@ -82,6 +134,8 @@ class ConversionReport:
         self.reinitialized: List[str] = []
         self.added_counters: List[str] = []
         self.dropped_counters: List[str] = []
+        self.renamed: List[Tuple[str, str]] = []  # (checkpoint key, model key): v1 <-> v2 child names
+        self.derived: List[str] = []  # derived v2 buffers taken from the model (absent or of another shape)
 
     def __str__(self) -> str:
         lines = []
@@ -91,6 +145,13 @@ class ConversionReport:
             lines.append(f"added {len(self.added_counters)} BatchNorm num_batches_tracked counters")
         if self.dropped_counters:
             lines.append(f"dropped {len(self.dropped_counters)} num_batches_tracked counters of frozen BatchNorms")
+        if self.renamed:
+            lines.append(
+                f"matched {len(self.renamed)} keys between the v1 (.0/.1) and v2 (.conv/.norm, .proj/.norm) names"
+            )
+        if self.derived:
+            lines.append(f"took {len(self.derived)} derived buffers from the model: {', '.join(self.derived[:4])}"
+                         + (" ..." if len(self.derived) > 4 else ""))
         return "; ".join(lines) or "exact match"
 
 
@@ -98,6 +159,11 @@ def reconcile_state_dict(
     state: Dict[str, Tensor], model: nn.Module, *, allow_num_classes_change: bool = False
 ) -> Tuple[Dict[str, Tensor], ConversionReport]:
     """Make ``state`` fit ``model`` exactly (zero missing and zero unexpected keys), or refuse.
+
+    Besides ``num_batches_tracked`` counters, two layout differences are bridged: checkpoint keys are
+    matched to the model's v1 or v2 child names (:data:`LAYOUT_ALIASES`), and derived RT-DETRv2
+    buffers (:data:`DERIVED_BUFFER_KEYS`) missing from the checkpoint, or anchors of another
+    ``eval_spatial_size``, are taken from the model (listed in ``report.derived``).
 
     Args:
         state: a state dict with our (official) names.
@@ -116,19 +182,34 @@ def reconcile_state_dict(
     report = ConversionReport()
     out: Dict[str, Tensor] = {}
     unexpected, mismatched = [], []
-    for key, value in state.items():
+    for ckpt_key, value in state.items():
+        key = _model_key(ckpt_key, target)
         if key not in target:
             if key.endswith("num_batches_tracked"):
                 report.dropped_counters.append(key)
                 continue
             unexpected.append(key)
             continue
+        if key != ckpt_key:
+            report.renamed.append((ckpt_key, key))
         if tuple(value.shape) != tuple(target[key].shape):
             if allow_num_classes_change and CLASS_DEPENDENT_KEYS.match(key):
                 report.reinitialized.append(key)
                 out[key] = target[key]
                 continue
+            if _ANCHOR_KEYS.match(key):  # stored for another eval_spatial_size: the model's own
+                report.derived.append(key)
+                out[key] = target[key]
+                continue
             mismatched.append(f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(target[key].shape)}")
+            continue
+        if key.endswith("cross_attn.num_points_scale") and not torch.allclose(
+            value.double().cpu(), target[key].double().cpu(), rtol=1e-6, atol=0.0
+        ):
+            mismatched.append(
+                f"{key}: checkpoint points per level {_points_per_level(value)} vs model "
+                f"{_points_per_level(target[key])} (decoder.num_points)"
+            )
             continue
         out[key] = value.to(target[key].dtype)
     missing = []
@@ -138,6 +219,9 @@ def reconcile_state_dict(
         if key.endswith("num_batches_tracked"):
             out[key] = torch.zeros_like(value)
             report.added_counters.append(key)
+        elif DERIVED_BUFFER_KEYS.match(key):
+            out[key] = value
+            report.derived.append(key)
         else:
             missing.append(key)
     if unexpected or missing or mismatched:
@@ -206,6 +290,8 @@ class CheckpointConversionReport(ConversionReport):
         out.reinitialized = list(base.reinitialized)
         out.added_counters = list(base.added_counters)
         out.dropped_counters = list(base.dropped_counters)
+        out.renamed = list(base.renamed)
+        out.derived = list(base.derived)
         return out
 
 
@@ -291,8 +377,11 @@ def _official_origin(obj: Mapping) -> str:
 
 
 def checkpoint_num_classes(state: Mapping[str, Tensor]) -> Optional[int]:
-    """Number of classes of a state dict with our names (rows of the encoder score head), or None."""
-    for key in ("decoder.enc_score_head.weight", "decoder.dec_score_head.0.weight"):
+    """Number of classes of a state dict with our names (rows of the decoder / encoder score head), or None.
+
+    The decoder head comes first: a class-agnostic RT-DETRv2 encoder head has a single row.
+    """
+    for key in ("decoder.dec_score_head.0.weight", "decoder.enc_score_head.weight"):
         value = state.get(key)
         if isinstance(value, Tensor) and value.dim() >= 1:
             return int(value.shape[0])
@@ -312,6 +401,14 @@ def _act_name(act) -> str:
     if isinstance(act, nn.Module):
         return type(act).__name__.lower()
     return getattr(act, "__name__", str(act)).lower()
+
+
+def _uniform_points(num_points):
+    """An int for one count on every level (HF's ``decoder_n_points``), else the list of counts."""
+    if isinstance(num_points, int):
+        return num_points
+    points = [int(p) for p in num_points]
+    return points[0] if len(set(points)) == 1 else points
 
 
 def _hf_expectations(hf_config: Mapping, model: nn.Module, check_num_labels: bool):
@@ -336,7 +433,11 @@ def _hf_expectations(hf_config: Mapping, model: nn.Module, check_num_labels: boo
         ("num_feature_levels", lambda: dec.num_levels, "decoder.num_levels"),
         ("decoder_layers", lambda: dec.num_layers, "decoder.num_layers"),
         ("decoder_attention_heads", lambda: dec.nhead, "decoder.nhead"),
-        ("decoder_n_points", lambda: dec_layer().cross_attn.num_points, "decoder.num_points"),
+        ("decoder_n_points", lambda: _uniform_points(dec_layer().cross_attn.num_points), "decoder.num_points"),
+        # RT-DETRv2 fields (an RT-DETR v1 model has no such attributes: skipped, the state dict decides)
+        ("decoder_n_levels", lambda: dec_layer().cross_attn.num_levels, "decoder.num_levels"),
+        ("decoder_offset_scale", lambda: float(dec_layer().cross_attn.offset_scale), "decoder.offset_scale"),
+        ("decoder_method", lambda: dec_layer().cross_attn.method, "decoder.cross_attn_method"),
         ("decoder_ffn_dim", lambda: dec_layer().linear1.out_features, "decoder.dim_feedforward"),
         ("decoder_activation_function", lambda: _act_name(dec_layer().activation), "decoder.activation"),
         ("learn_initial_query", lambda: bool(dec.learnt_init_query), "decoder.learnt_init_query"),

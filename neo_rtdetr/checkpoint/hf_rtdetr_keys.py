@@ -1,11 +1,15 @@
-"""Key map from Hugging Face transformers' RT-DETR (v1) state dicts to ours.
+"""Key map from Hugging Face transformers' RT-DETR (v1) and RT-DETRv2 state dicts to ours.
 
 Our module names are the official rtdetr_pytorch names (``backbone.*``, ``encoder.*``,
 ``decoder.*``), so an official checkpoint needs no renaming; a Hugging Face one is renamed by the
 rules below (the inverse of the map in the HF conversion script, composed with transformers v5's
 own renames, plus the v4 hub names). Attention projections are stored by HF as separate
 q/k/v matrices and by us (``nn.MultiheadAttention``) as one ``in_proj`` matrix: they are
-concatenated in q, k, v order.
+concatenated in q, k, v order. RT-DETRv2 adds one buffer per decoder layer,
+``encoder_attn.n_points_scale`` (official v2: ``cross_attn.num_points_scale``). The Sequential
+children that the official v2 layout names (encoder ``input_proj.{i}.conv/norm``, decoder
+``enc_output.proj/norm``) come out with the v1 index names (``.0``/``.1``);
+:func:`neo_rtdetr.checkpoint.convert.reconcile_state_dict` matches them to the target model.
 """
 
 import re
@@ -46,6 +50,8 @@ _RULES: List[Tuple[str, str]] = [
     (r"^decoder_input_proj\.(\d+)\.1\.", "decoder.input_proj.\\1.norm."),
     (r"^decoder\.layers\.(\d+)\.self_attn\.(?:o_proj|out_proj)\.", "decoder.decoder.layers.\\1.self_attn.out_proj."),
     (r"^decoder\.layers\.(\d+)\.self_attn_layer_norm\.", "decoder.decoder.layers.\\1.norm1."),
+    (r"^decoder\.layers\.(\d+)\.encoder_attn\.n_points_scale$",
+     "decoder.decoder.layers.\\1.cross_attn.num_points_scale"),
     (r"^decoder\.layers\.(\d+)\.encoder_attn\.", "decoder.decoder.layers.\\1.cross_attn."),
     (r"^decoder\.layers\.(\d+)\.encoder_attn_layer_norm\.", "decoder.decoder.layers.\\1.norm2."),
     (r"^decoder\.layers\.(\d+)\.(?:mlp\.)?fc([12])\.", "decoder.decoder.layers.\\1.linear\\2."),
@@ -78,7 +84,8 @@ def _rename(key: str) -> str:
 
 
 def convert_hf_rtdetr_state_dict(hf_state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """Rename a Hugging Face ``RTDetrForObjectDetection`` state dict to neo_rtdetr's (official) names.
+    """Rename a Hugging Face ``RTDetrForObjectDetection`` / ``RTDetrV2ForObjectDetection`` state dict to
+    neo_rtdetr's (official) names.
 
     Args:
         hf_state: the HF state dict (``model.*`` keys; transformers v4 or v5 names).
