@@ -185,6 +185,10 @@ def bench_train(args, cfg_model, device, record):
                            img_per_s=args.train_batch / t, ms_per_batch=t * 1e3, peak_gib=peak)
                 except torch.cuda.OutOfMemoryError:
                     print(f"train step ({variant}) {prec} {h}x{w}: out of memory", flush=True)
+                except Exception as e:  # a compile failure is a result to report, not a reason to stop the run
+                    if not variant.startswith("compile"):
+                        raise
+                    print(f"train step ({variant}) {prec} {h}x{w}: FAILED {type(e).__name__}: {str(e)[:300]}", flush=True)
                 if args.profile_train and variant == "default":
                     _profile(train_step, device, args.profile_train, f"{variant} {prec} {h}x{w}")
         del model, opt

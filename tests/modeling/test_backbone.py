@@ -245,3 +245,24 @@ def test_frozen_bn_fused_gradient_path_equals_the_formula(dtype):
     with torch.no_grad():  # (F.batch_norm wants float32 statistics with a bf16 input)
         bn_eval = bn.to(torch.float32) if dtype == torch.bfloat16 else bn
         torch.testing.assert_close(bn_eval(x64.to(dtype)).double(), ref, rtol=tol, atol=tol)
+
+
+def test_conv_norm_layer_folds_a_frozen_bn_with_the_same_values_and_gradients():
+    from neo_rtdetr.modeling.layers.conv_norm import ConvNormLayer
+
+    g = torch.Generator().manual_seed(1)
+    layer = ConvNormLayer(3, 4, 3, 2, act="relu").double()
+    layer.norm = FrozenBatchNorm2d(4).double()
+    for t in (layer.norm.weight, layer.norm.bias, layer.norm.running_mean):
+        t.copy_(torch.randn(4, generator=g, dtype=torch.float64))
+    layer.norm.running_var.copy_(torch.rand(4, generator=g, dtype=torch.float64) + 0.5)
+    x = torch.randn(2, 3, 9, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    folded = layer(x)  # grad enabled: folded path
+    reference = torch.relu(layer.norm(layer.conv(x)))  # unfolded: conv, then the frozen BN on the activation
+    torch.testing.assert_close(folded, reference, rtol=1e-12, atol=1e-12)
+    gx, gw = torch.autograd.grad(folded.sum(), (x, layer.conv.weight))
+    rx, rw = torch.autograd.grad(reference.sum(), (x, layer.conv.weight))
+    torch.testing.assert_close(gx, rx, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(gw, rw, rtol=1e-10, atol=1e-12)
+    with torch.no_grad():  # no-grad path: detectron2's F.batch_norm
+        torch.testing.assert_close(layer(x), reference.detach(), rtol=1e-12, atol=1e-12)

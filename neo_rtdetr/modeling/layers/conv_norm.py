@@ -6,6 +6,9 @@ Attribute names (``conv``, ``norm``, ``act``) are those of the official rtdetr_p
 
 from typing import Optional, Union
 
+import torch
+import torch.nn.functional as F
+from detectron2.layers import FrozenBatchNorm2d
 from torch import Tensor, nn
 
 __all__ = ["ConvNormLayer", "get_activation"]
@@ -82,5 +85,19 @@ class ConvNormLayer(nn.Module):
         self.act = get_activation(act)
 
     def forward(self, x: Tensor) -> Tensor:
-        """Args: x ``[B, C_in, H, W]``. Returns: ``[B, C_out, H', W']``."""
+        """Args: x ``[B, C_in, H, W]``. Returns: ``[B, C_out, H', W']``.
+
+        A frozen BN (per-channel ``scale``, ``shift`` constants) is folded into the convolution when gradients
+        flow: ``conv(x, W * scale) + shift`` equals ``BN(conv(x, W))`` and costs a weight-sized multiply instead of
+        an activation-sized pass in the forward and another in the backward.
+        """
+        if torch.is_grad_enabled() and isinstance(self.norm, FrozenBatchNorm2d):
+            norm, conv = self.norm, self.conv
+            scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
+            shift = norm.bias - norm.running_mean * scale
+            if conv.bias is not None:
+                shift = shift + conv.bias * scale
+            weight = conv.weight * scale.reshape(-1, 1, 1, 1)
+            y = F.conv2d(x, weight, shift, conv.stride, conv.padding, conv.dilation, conv.groups)
+            return self.act(y)
         return self.act(self.norm(self.conv(x)))

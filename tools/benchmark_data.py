@@ -1,0 +1,77 @@
+#!/usr/bin/env python3
+"""Throughput of a config's training data pipeline (decode, augment, resize, collate), without a model.
+
+    python tools/benchmark_data.py --config-file configs/rtdetr_r50_synthetic640_h100.py --workers 0,4,8,12 \
+        --target-img-per-s 200 --output data.json
+
+For each worker count: the config's real train loader (dataset, mapper with its augmentations, multi-scale
+collate, pinned memory) is iterated for ``--batches`` batches after ``--warmup``; images per second are
+reported, and with ``--target-img-per-s`` (e.g. the GPU's train-step rate from tools/benchmark.py) whether the GPU
+would wait on data. ``0`` workers maps in the main process: its rate is one worker's.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+# configs under projects/<Name>/ import their code as projects.<Name>: the repository root must be importable
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config-file", required=True)
+    p.add_argument("--workers", default="0,4,8,12")
+    p.add_argument("--batches", type=int, default=40)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--target-img-per-s", type=float, default=None)
+    p.add_argument("--output", default="benchmark_data.json")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides key=value")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from detectron2.config import LazyConfig, instantiate
+
+    from neo_rtdetr.config.overrides import apply_overrides_strict
+    from neo_rtdetr.data.catalog import register_datasets_from_config
+
+    cfg = LazyConfig.load(args.config_file)
+    cfg = apply_overrides_strict(cfg, args.opts)
+    register_datasets_from_config(cfg.dataloader.get("datasets"))
+    rows = []
+    for workers in [int(w) for w in args.workers.split(",")]:
+        cfg.dataloader.train.num_workers = workers
+        loader = instantiate(cfg.dataloader.train)
+        it = iter(loader)
+        for _ in range(args.warmup):
+            next(it)
+        start = time.perf_counter()
+        images = 0
+        for _ in range(args.batches):
+            images += len(next(it))
+        elapsed = time.perf_counter() - start
+        rate = images / elapsed
+        row = {"workers": workers, "img_per_s": rate, "per_worker_img_per_s": rate / max(workers, 1),
+               "ms_per_batch": 1e3 * elapsed / args.batches}
+        if args.target_img_per_s:
+            row["keeps_up"] = rate >= args.target_img_per_s
+        rows.append(row)
+        verdict = "" if not args.target_img_per_s else (
+            "  keeps up" if row["keeps_up"] else f"  GPU waits (needs {args.target_img_per_s:.0f} img/s)")
+        print(f"workers {workers:>3}: {rate:8.1f} img/s ({row['per_worker_img_per_s']:.1f} per worker), "
+              f"{row['ms_per_batch']:.1f} ms per batch{verdict}", flush=True)
+        del it, loader
+    result = {"config": args.config_file, "cpus": os.cpu_count(), "rows": rows,
+              "batch_size": int(cfg.dataloader.train.total_batch_size)}
+    with open(args.output, "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
