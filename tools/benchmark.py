@@ -55,6 +55,7 @@ def parse_args(argv=None):
     p.add_argument("--infer-batches", default="1,8,32")
     p.add_argument("--precisions", default="bf16,fp32", help="inference precisions")
     p.add_argument("--modes", default="eager,fast,fast_net", help="inference paths")
+    p.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN autotune its convolution algorithms")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--hf-baseline", action="store_true", help="also time HF transformers RTDetrForObjectDetection")
@@ -343,6 +344,7 @@ def main(argv=None) -> int:
     from detectron2.config import LazyConfig
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.backends.cudnn.benchmark = bool(args.cudnn_benchmark)
     cfg_model = LazyConfig.load(args.config_file).model
     baseline = {}
     if args.baseline_json:
@@ -383,6 +385,7 @@ def main(argv=None) -> int:
         "torch": torch.__version__,
         "commit": commit or os.environ.get("NEO_RTDETR_COMMIT", ""),
         "config": args.config_file,
+        "cudnn_benchmark": bool(args.cudnn_benchmark),
         "rows": rows,
         "accuracy": accuracy,
     }

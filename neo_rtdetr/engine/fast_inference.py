@@ -99,6 +99,7 @@ class FastInference(nn.Module):
         self.warmup = int(warmup)
         self._graphs: "collections.OrderedDict[tuple, _Graph]" = collections.OrderedDict()
         self._scales: Dict[tuple, Tensor] = {}
+        super().train(False)  # inference-only: .training is False from the start
         self._pool = None
 
     @property

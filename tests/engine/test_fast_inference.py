@@ -107,5 +107,7 @@ def test_detect_tensor_api_and_argument_checks():
         FastInference(model, dtype=torch.int8)
     with pytest.raises(TypeError, match="RTDETR"):
         FastInference(torch.nn.Linear(2, 2))
+    assert not fast.training and not fast.net.training
+    fast.eval()  # what detectron2's inference_context does, before and after
     with pytest.raises(RuntimeError, match="inference-only"):
         fast.train()

@@ -315,3 +315,29 @@ def test_channels_last_model_computes_the_same_function():
     losses = fast(make_inputs([(96, 128)] * 2, [2, 1]))
     sum(losses.values()).backward()
     assert conv.grad is not None and conv.grad.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_batched_postprocess_equals_detectron2_detector_postprocess():
+    """Scaling to the requested output size, clipping and dropping empty boxes, for a batch at once."""
+    from detectron2.modeling.postprocessing import detector_postprocess
+
+    g = torch.Generator().manual_seed(0)
+    image_sizes = [(96, 128), (64, 64), (80, 50)]
+    inputs = [{"height": 480, "width": 640}, {}, {"height": 33, "width": 77}]
+    k = 40
+    xy = torch.rand(3, k, 2, generator=g) * 180 - 40  # some boxes partly / fully outside the image
+    boxes = torch.cat([xy, xy + torch.rand(3, k, 2, generator=g) * 60], -1)
+    scores, labels = torch.rand(3, k, generator=g), torch.randint(0, 5, (3, k), generator=g)
+    got = RTDETR.detections_to_instances(scores, labels, boxes, inputs, image_sizes)
+    dropped = 0
+    for i, ((h, w), x) in enumerate(zip(image_sizes, inputs)):
+        ref = detector_postprocess(
+            Instances((h, w), pred_boxes=Boxes(boxes[i].clone()), scores=scores[i], pred_classes=labels[i]),
+            x.get("height", h), x.get("width", w),
+        )
+        out = got[i]["instances"]
+        assert out.image_size == ref.image_size and len(out) == len(ref)
+        assert torch.equal(out.pred_boxes.tensor, ref.pred_boxes.tensor)
+        assert torch.equal(out.scores, ref.scores) and torch.equal(out.pred_classes, ref.pred_classes)
+        dropped += k - len(ref)
+    assert dropped > 0  # the filtering was exercised

@@ -223,22 +223,38 @@ class RTDETR(nn.Module):
     def detections_to_instances(
         scores: Tensor, labels: Tensor, boxes: Tensor, batched_inputs: List[Dict], image_sizes: List[Tuple[int, int]]
     ) -> List[Dict[str, Instances]]:
-        """Per-image ``Instances`` in the requested output resolution (Detectron2's ``detector_postprocess``).
+        """Per-image ``Instances`` in the requested output resolution.
+
+        The same result as Detectron2's ``detector_postprocess`` per image (boxes scaled to the output size,
+        clipped to it, empty boxes dropped), computed for the whole batch at once with one host transfer (the
+        per-image version synchronises once per image and field).
 
         Args:
             scores: [B, k]; labels: [B, k]; boxes: [B, k, 4] xyxy in pixels of the padded network input.
             batched_inputs: the inputs (optional ``height`` / ``width``: the output resolution).
             image_sizes: (h, w) of each image before padding.
         """
+        out_sizes = [(x.get("height", h), x.get("width", w)) for x, (h, w) in zip(batched_inputs, image_sizes)]
+        if any(isinstance(v, Tensor) for size in out_sizes for v in size):  # traced sizes: Detectron2's own path
+            results = []
+            for i, ((h, w), (oh, ow)) in enumerate(zip(image_sizes, out_sizes)):
+                inst = Instances((h, w), pred_boxes=Boxes(boxes[i]), scores=scores[i], pred_classes=labels[i])
+                results.append({"instances": detector_postprocess(inst, oh, ow)})
+            return results
+        scale = [[ow / w, oh / h, ow / w, oh / h] for (h, w), (oh, ow) in zip(image_sizes, out_sizes)]
+        bound = [[ow, oh, ow, oh] for oh, ow in out_sizes]
+        host = torch.tensor([scale, bound], dtype=boxes.dtype).to(boxes.device, non_blocking=True)
+        boxes = torch.minimum((boxes * host[0][:, None, :]).clamp(min=0), host[1][:, None, :])
+        keep = ((boxes[..., 2] - boxes[..., 0]) > 0) & ((boxes[..., 3] - boxes[..., 1]) > 0)  # Boxes.nonempty()
+        keep_host = keep.cpu()
         results = []
-        for i, x in enumerate(batched_inputs):
-            h, w = image_sizes[i]
-            inst = Instances((h, w))
-            inst.pred_boxes = Boxes(boxes[i])
-            inst.scores = scores[i]
-            inst.pred_classes = labels[i]
-            height, width = x.get("height", h), x.get("width", w)
-            results.append({"instances": detector_postprocess(inst, height, width)})
+        for i, size in enumerate(out_sizes):
+            fields = {"pred_boxes": boxes[i], "scores": scores[i], "pred_classes": labels[i]}
+            if not bool(keep_host[i].all()):
+                index = keep_host[i].nonzero().squeeze(1).to(boxes.device)
+                fields = {k: v[index] for k, v in fields.items()}
+            fields["pred_boxes"] = Boxes(fields["pred_boxes"])
+            results.append({"instances": Instances(size, **fields)})
         return results
 
     # ------------------------------------------------------------------------------------ deployment
