@@ -102,3 +102,13 @@ def test_dispatcher_uses_reference_on_cpu_and_rejects_unsupported_inputs():
                                           torch.rand(1, 5, 2, 5, 3))
     with pytest.raises(ValueError, match="cover"):
         msda_triton.ms_deform_attn_triton(torch.randn(1, 15, 2, 4), shapes, loc, w)
+
+
+def test_size_arguments_are_not_specialised():
+    """Every run-time size (they change with each multi-scale size and each batch's denoising query count) is
+    excluded from Triton's integer specialisation, so training does not recompile the kernels again and again."""
+    for kernel in (msda_triton._msda_fwd_kernel, msda_triton._msda_bwd_kernel):
+        ints = [n for n in kernel.arg_names if n in ("num_values", "num_queries") or n[0] in "hws" and n[1:].isdigit()]
+        assert len(ints) == 2 + 3 * msda_triton.MAX_LEVELS
+        skipped = {kernel.arg_names[i] if isinstance(i, int) else i for i in kernel.do_not_specialize}
+        assert set(ints) <= skipped, set(ints) - skipped

@@ -45,6 +45,10 @@ def triton_available() -> bool:
 
 
 if _HAVE_TRITON:
+    # Sizes are run-time arguments that change with every input size (multi-scale training) and, for the query
+    # count, with every batch (denoising groups): without this, Triton would compile a variant per combination of
+    # "divisible by 16" / "equal to 1" among them, i.e. recompile again and again during training.
+    _RUNTIME_INTS = ["num_values", "num_queries", "h0", "w0", "s0", "h1", "w1", "s1", "h2", "w2", "s2", "h3", "w3", "s3"]
 
     @triton.jit
     def _level_params(l: tl.constexpr, h0, w0, s0, h1, w1, s1, h2, w2, s2, h3, w3, s3):
@@ -57,7 +61,7 @@ if _HAVE_TRITON:
         else:
             return h3, w3, s3
 
-    @triton.jit
+    @triton.jit(do_not_specialize=_RUNTIME_INTS)
     def _msda_fwd_kernel(
         value_ptr, loc_ptr, attw_ptr, out_ptr,
         num_values, num_queries,
@@ -108,7 +112,7 @@ if _HAVE_TRITON:
         out_ptrs = out_ptr + qh[:, None] * HEAD_DIM + d[None, :]
         tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=q_mask[:, None])
 
-    @triton.jit
+    @triton.jit(do_not_specialize=_RUNTIME_INTS)
     def _msda_bwd_kernel(
         value_ptr, loc_ptr, attw_ptr, grad_out_ptr,
         grad_value_ptr, grad_loc_ptr, grad_attw_ptr,
