@@ -9,8 +9,9 @@ import torch
 
 from detectron2.config import LazyConfig, instantiate
 from detectron2.data import transforms as T
-from detectron2.data.detection_utils import read_image
 from detectron2.structures import Instances
+
+from neo_rtdetr.data.image_io import read_image
 
 __all__ = ["Predictor"]
 
@@ -22,7 +23,7 @@ ImageLike = Union[str, os.PathLike, np.ndarray, torch.Tensor]
 class Predictor:
     """Load a model from a LazyConfig (+ checkpoint) and run it on images.
 
-    Accepted images: a file path (read with EXIF orientation applied); a numpy HxWx3 uint8 array
+    Accepted images: a file path (read like the training data: EXIF orientation applied, 16-bit scaled to 8-bit); a numpy HxWx3 uint8 array
     in ``numpy_format`` channel order (default "BGR", as ``cv2.imread`` gives); a torch uint8 tensor
     3xHxW in RGB. A list is run in batches of ``batch_size``.
 
