@@ -1,8 +1,10 @@
 """RTDETR: the Detectron2 meta-architecture wrapping backbone, hybrid encoder, decoder and criterion."""
 
+import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detectron2.modeling import META_ARCH_REGISTRY
@@ -85,6 +87,13 @@ class RTDETR(nn.Module):
     def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
         """Normalise and batch the images; pad bottom/right to ``size_divisibility``.
 
+        Images so small that the encoder would have fewer tokens than ``num_queries`` (e.g. 20x20
+        pixels: 21 tokens at strides 8/16/32) are padded further (see :meth:`_pad_to_min_tokens`).
+
+        Raises:
+            ValueError: an image that is not a [3, H, W] tensor, or a floating-point image with NaN
+                or inf values (it would silently give NaN scores and boxes); names the batch index.
+
         Returns:
             ImageList with ``tensor`` [B, 3, H_pad, W_pad] and ``image_sizes`` (h, w) before padding.
         """
@@ -94,9 +103,39 @@ class RTDETR(nn.Module):
             if not isinstance(image, Tensor) or image.dim() != 3 or image.shape[0] != 3:
                 shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
                 raise ValueError(f"batched_inputs[{i}]['image'] must be a [3, H, W] tensor, got {shape}")
+            if image.is_floating_point() and not bool(torch.isfinite(image).all()):
+                raise ValueError(
+                    f"batched_inputs[{i}]['image'] (image_id={x.get('image_id')!r}) has NaN or inf pixel values; "
+                    "the detections of such an image would be NaN"
+                )
             image = image.to(self.device, self.pixel_mean.dtype, non_blocking=True)
             images.append((image - self.pixel_mean) / self.pixel_std)
-        return ImageList.from_tensors(images, self.size_divisibility)
+        return self._pad_to_min_tokens(ImageList.from_tensors(images, self.size_divisibility))
+
+    def _pad_to_min_tokens(self, images: ImageList) -> ImageList:
+        """Zero-pad (bottom/right) a batch whose encoder memory would hold fewer tokens than the
+        decoder's ``num_queries`` (its top-k query selection needs that many), growing the shorter
+        side in steps of the largest feature stride. Boxes stay correct: predictions are normalised
+        to the padded frame and scaled back with it, and targets are rescaled to it."""
+        num_queries = int(getattr(self.decoder, "num_queries", 0))
+        shapes = self.backbone.output_shape()
+        strides = [shapes[k].stride for k in self._feature_names()]
+        H, W = images.tensor.shape[-2:]
+
+        def tokens(h: int, w: int) -> int:
+            return sum(math.ceil(h / s) * math.ceil(w / s) for s in strides)
+
+        if tokens(H, W) >= num_queries:
+            return images
+        step = max([self.size_divisibility, *strides])
+        new_h, new_w = H, W
+        while tokens(new_h, new_w) < num_queries:
+            if new_h <= new_w:
+                new_h += step
+            else:
+                new_w += step
+        tensor = F.pad(images.tensor, (0, new_w - W, 0, new_h - H))
+        return ImageList(tensor, images.image_sizes)
 
     def prepare_targets(self, batched_inputs: List[Dict], images: ImageList) -> List[Dict[str, Tensor]]:
         """Criterion targets: per image ``labels`` [n] and ``boxes`` [n, 4] normalised cxcywh.
