@@ -9,7 +9,6 @@ bit for bit from the resume point on, and end with identical weights, EMA weight
 state. (The uninterrupted and the interrupted run run side by side to save time.)
 """
 
-import json
 import os
 import signal
 import subprocess
