@@ -18,6 +18,8 @@ sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from detectron2.config import LazyConfig
 from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from neo_rtdetr.checkpoint.checkpointer import RTDETRCheckpointer
 from neo_rtdetr.config import apply_overrides_strict
@@ -30,6 +32,8 @@ def main(args):
     cfg = LazyConfig.load(args.config_file)
     cfg = apply_overrides_strict(cfg, args.opts)
     default_setup(cfg, args)
+    # default_setup configures detectron2's and fvcore's loggers; the project's go to the same places
+    setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="neo_rtdetr", abbrev_name="neo_rtdetr")
     if args.eval_only:
         if not cfg.train.init_checkpoint:
             raise SystemExit("--eval-only needs train.init_checkpoint=PATH")

@@ -14,6 +14,7 @@ train = dict(
     amp=dict(enabled=True, precision="bf16"),  # "bf16" | "fp16" (GradScaler) | "fp32"; off on CPU
     clip_grad=dict(max_norm=0.1),  # global grad-norm clipping (None: off)
     max_consecutive_nonfinite=10,  # non-finite steps are skipped; stop after this many in a row
+    loss_trace=False,  # True: exact per-iteration losses/lr in <output_dir>/loss_trace.jsonl (metrics.json is smoothed)
     ema=dict(enabled=True, decay=0.9999, warmups=2000),  # evaluation and model_best use EMA weights
     sync_bn=True,  # BatchNorm -> SyncBatchNorm when several processes train (official runtime.yml; CUDA only)
     ddp=dict(broadcast_buffers=False, find_unused_parameters=False, fp16_compression=False),

@@ -13,11 +13,18 @@ inference loading.
   ``weights_only=False`` to the constructor only for files you trust.
 * ``load_for_inference`` loads ``ckpt["ema"]["module"]`` into the model when present (like the
   official RT-DETR loaders), else ``ckpt["model"]``.
+* A checkpoint must fit the model: detectron2 skips tensors of another shape and tensors missing
+  on either side with a warning, so a checkpoint of another model size (an R50 file for an R18
+  config) would "load" as a half-random model. Here that is a :class:`CheckpointMismatchError`
+  naming the file and the tensors. The one tolerated difference is the class-dependent tensors
+  (fine-tuning with another number of classes: those are skipped with detectron2's warning, as
+  the official code does); BatchNorm ``num_batches_tracked`` counters are ignored.
 """
 
 import logging
 import os
 import pickle
+import re
 import tempfile
 from typing import Any, Callable, Dict, IO, Optional
 
@@ -25,15 +32,61 @@ import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
 
-__all__ = ["RTDETRCheckpointer", "UnsafeCheckpointError", "atomic_write"]
+__all__ = ["RTDETRCheckpointer", "UnsafeCheckpointError", "CheckpointMismatchError", "atomic_write",
+           "CLASS_DEPENDENT_KEYS"]
 
 logger = logging.getLogger(__name__)
 
 _TMP_MARK = ".neo_rtdetr_tmp"
 
 
+#: The tensors whose shape depends on the number of classes (skipped on a class-count mismatch).
+CLASS_DEPENDENT_KEYS = re.compile(r"^decoder\.(?:enc_score_head|dec_score_head\.\d+|denoising_class_embed)\.")
+
+
 class UnsafeCheckpointError(pickle.UnpicklingError):
     """A checkpoint holds pickled objects that ``torch.load(weights_only=True)`` refuses."""
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's tensors do not fit the model (another size or architecture)."""
+
+
+def _listing(items, limit: int = 6) -> str:
+    items = list(items)
+    text = ", ".join(items[:limit])
+    return text + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
+
+
+def check_checkpoint_fits(incompatible) -> None:
+    """Raise :class:`CheckpointMismatchError` unless only class-dependent tensors differ.
+
+    Args:
+        incompatible: fvcore's ``_IncompatibleKeys`` (``missing_keys``, ``unexpected_keys``,
+            ``incorrect_shapes`` as (key, checkpoint shape, model shape)).
+    """
+    def relevant(key: str) -> bool:
+        return not key.endswith("num_batches_tracked")
+
+    shapes = [(k, a, b) for k, a, b in incompatible.incorrect_shapes if relevant(k) and not CLASS_DEPENDENT_KEYS.match(k)]
+    wrong_shape = {k for k, _, _ in incompatible.incorrect_shapes}  # fvcore also lists these as missing
+    missing = [k for k in incompatible.missing_keys if relevant(k) and k not in wrong_shape]
+    unexpected = [k for k in incompatible.unexpected_keys if relevant(k)]
+    if not (shapes or missing or unexpected):
+        return
+    parts = []
+    if shapes:
+        parts.append(f"{len(shapes)} tensors have another shape ("
+                     + _listing(f"{k}: {tuple(a)} in the checkpoint, {tuple(b)} in the model" for k, a, b in shapes) + ")")
+    if missing:
+        parts.append(f"{len(missing)} model tensors are not in the checkpoint ({_listing(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} checkpoint tensors are not in the model ({_listing(unexpected)})")
+    raise CheckpointMismatchError(
+        "the checkpoint does not fit the model: " + "; ".join(parts) + ". It is probably from another model "
+        "size or architecture (e.g. an R50 checkpoint with an R18 config): use the config it was trained with "
+        "(docs/model_zoo.md). Only the class-dependent heads may differ (fine-tuning with another num_classes)."
+    )
 
 
 def _fsync_dir(folder: str) -> None:
@@ -185,6 +238,20 @@ class RTDETRCheckpointer(DetectionCheckpointer):
                 loaded = {"model": loaded}  # a bare state dict
         return loaded
 
+    def _load_model(self, checkpoint: Dict[str, Any]):
+        incompatible = super()._load_model(checkpoint)
+        if incompatible is not None:
+            check_checkpoint_fits(incompatible)
+        return incompatible
+
+    def load(self, path: str, checkpointables=None) -> Dict[str, Any]:
+        """Like ``DetectionCheckpointer.load``; a checkpoint that does not fit the model is a
+        :class:`CheckpointMismatchError` naming ``path``."""
+        try:
+            return super().load(path, checkpointables=checkpointables)
+        except CheckpointMismatchError as e:
+            raise CheckpointMismatchError(f"{path}: {e}") from e
+
     def load_for_inference(self, path: str, *, prefer_ema: bool = True) -> Dict[str, Any]:
         """Load weights for evaluation/export: the EMA weights when the file has
         ``ema["module"]`` (and ``prefer_ema``), else the ``model`` weights. No checkpointable
@@ -212,7 +279,10 @@ class RTDETRCheckpointer(DetectionCheckpointer):
         else:
             self.logger.info(f"[Checkpointer] Loading model weights from {path}"
                              + (" (the file has no EMA weights)" if prefer_ema else ""))
-        incompatible = self._load_model(checkpoint)
+        try:
+            incompatible = self._load_model(checkpoint)
+        except CheckpointMismatchError as e:
+            raise CheckpointMismatchError(f"{path}: {e}") from e
         if incompatible is not None:
             self._log_incompatible_keys(incompatible)
         return checkpoint

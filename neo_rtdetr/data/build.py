@@ -15,6 +15,13 @@ of detectron2's iteration-based trainer:
   batch is resized with nearest interpolation to a square size drawn from ``multi_scale`` by an
   RNG seeded with (seed, iteration), until ``multi_scale_stop_epoch``.
 
+* errors name the sample: a mapping error is re-raised with the item's file name and image id;
+  a worker process that dies (killed by a signal, out of memory) is reported with the file it was
+  mapping at that moment (recorded in shared memory by each worker);
+* creating the loader iterator does not consume torch's global RNG (the workers' base seed comes
+  from a generator seeded with ``seed``), so a resumed run's random stream is the uninterrupted
+  run's.
+
 One DataLoader "item" is a whole per-rank batch (the sampler yields batch descriptors and
 ``batch_size=None``), so each batch is mapped exactly once, by one worker, and the multi-scale
 resize runs in the worker too.
@@ -22,6 +29,9 @@ resize runs in the worker too.
 
 import itertools
 import logging
+import multiprocessing
+import os
+import re
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -32,7 +42,7 @@ from detectron2.data.common import DatasetFromList, MapDataset
 from detectron2.data.samplers import InferenceSampler
 from detectron2.structures import Boxes, Instances
 from detectron2.utils import comm
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 __all__ = [
     "RTDETRTrainLoader",
@@ -139,28 +149,99 @@ class _BatchDescriptorSampler(Sampler):
             yield self._loader.batch_descriptor(iteration)
 
 
+class _WorkerProgress:
+    """What each DataLoader worker is mapping, in shared memory, to name it if the worker dies.
+
+    A worker killed by a signal (out-of-memory killer, a segfault in an image decoder) cannot
+    report anything; torch only says "DataLoader worker (pid N) is killed by signal". Each worker
+    records (pid, dataset index, iteration) here before mapping a sample, so the main process can
+    name the file that was being mapped.
+    """
+
+    _FIELDS = 3  # pid, dataset index (-1: between samples), iteration
+
+    def __init__(self, num_workers: int):
+        self._slots = multiprocessing.Array("q", [-1] * (self._FIELDS * max(1, num_workers)), lock=False)
+
+    def start(self, index: int, iteration: int) -> None:
+        """Called in a worker before it maps dataset item ``index`` (a no-op in the main process)."""
+        info = get_worker_info()
+        if info is None:
+            return
+        base = self._FIELDS * info.id
+        self._slots[base] = os.getpid()
+        self._slots[base + 2] = iteration
+        self._slots[base + 1] = index
+
+    def done(self) -> None:
+        """Called in a worker after a sample was mapped."""
+        info = get_worker_info()
+        if info is not None:
+            self._slots[self._FIELDS * info.id + 1] = -1
+
+    def of_pid(self, pid: int) -> Optional[Tuple[int, int, int]]:
+        """(worker id, dataset index or -1, iteration) last recorded by the worker process ``pid``."""
+        for worker_id in range(len(self._slots) // self._FIELDS):
+            base = self._FIELDS * worker_id
+            if self._slots[base] == pid:
+                return worker_id, int(self._slots[base + 1]), int(self._slots[base + 2])
+        return None
+
+
+_DEAD_WORKER = re.compile(r"DataLoader worker \(pid(?:\(s\))? ([0-9][0-9, ]*)\)")
+
+
 class _BatchMapDataset(Dataset):
     """Maps a whole per-rank batch descriptor to a list of mapped dicts (+ multi-scale)."""
 
     def __init__(self, dataset, mapper: Callable, seed: int, multi_scale: Optional[Sequence[int]],
-                 multi_scale_stop_epoch: Optional[int]):
+                 multi_scale_stop_epoch: Optional[int], num_workers: int = 0):
         self.dataset = dataset
         self.mapper = mapper
         self.seed = seed  # already checked by RTDETRTrainLoader
         self.multi_scale = list(multi_scale) if multi_scale else None
         self.multi_scale_stop_epoch = multi_scale_stop_epoch
+        self.progress = _WorkerProgress(num_workers)
+
+    def describe_item(self, index: int) -> str:
+        """``"dataset item 5 (file_name='...', image_id=42)"``."""
+        d = self.dataset[index]
+        return f"dataset item {index} (file_name={d.get('file_name')!r}, image_id={d.get('image_id')!r})"
+
+    def explain_dead_worker(self, error: BaseException) -> Optional[str]:
+        """For torch's "DataLoader worker (pid N) ..." errors: what the dead worker was mapping."""
+        match = _DEAD_WORKER.search(str(error))
+        if match is None:
+            return None
+        lines = []
+        for pid in (int(p) for p in match.group(1).replace(",", " ").split()):
+            state = self.progress.of_pid(pid)
+            if state is None:
+                lines.append(f"worker pid {pid} had not started a sample")
+                continue
+            worker_id, index, iteration = state
+            if index >= 0:
+                lines.append(f"worker {worker_id} (pid {pid}) died while mapping {self.describe_item(index)} "
+                             f"for iteration {iteration}")
+            else:
+                lines.append(f"worker {worker_id} (pid {pid}) died between samples of iteration {iteration} "
+                             "(e.g. in the multi-scale resize)")
+        return "; ".join(lines)
 
     def map_one(self, index: int, epoch: int, iteration: int) -> Dict:
         d = dict(self.dataset[index])
         d["_epoch"] = epoch
         d["_sample_seed"] = sample_seed(self.seed, epoch, index)
+        self.progress.start(index, iteration)
         try:
-            return self.mapper(d)
+            out = self.mapper(d)
         except Exception as e:  # noqa: BLE001 - re-raised with the sample's identity
             raise RuntimeError(
                 f"failed to map dataset item {index} (file_name={d.get('file_name')!r}, image_id={d.get('image_id')!r}) "
                 f"at epoch {epoch}, iteration {iteration}: {type(e).__name__}: {e}"
             ) from e
+        self.progress.done()
+        return out
 
     def __getitem__(self, descriptor: List[SampleDescriptor]) -> List[Dict]:
         batch = [self.map_one(*desc) for desc in descriptor]
@@ -252,20 +333,37 @@ class RTDETRTrainLoader:
         indices = perm[start : start + self.per_rank_batch_size].tolist()
         return [(int(i), epoch, int(iteration)) for i in indices]
 
-    def _data_loader(self) -> DataLoader:
+    def _data_loader(self, batch_dataset: "_BatchMapDataset") -> DataLoader:
         workers = self.num_workers
         return DataLoader(
-            _BatchMapDataset(self.dataset, self.mapper, self.seed, self.multi_scale, self.multi_scale_stop_epoch),
+            batch_dataset,
             batch_size=None,
             sampler=_BatchDescriptorSampler(self, self.start_iter),
             num_workers=workers,
             collate_fn=_identity,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=workers > 0,
+            # The workers' base seed comes from this generator, not from torch's global RNG, so that
+            # creating the iterator (at the first step, also after a resume) does not shift the
+            # global random stream that the model's denoising noise draws from.
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def __iter__(self) -> Iterator[List[Dict]]:
-        yield from self._data_loader()
+        batch_dataset = _BatchMapDataset(self.dataset, self.mapper, self.seed, self.multi_scale,
+                                         self.multi_scale_stop_epoch, self.num_workers)
+        iterator = iter(self._data_loader(batch_dataset))
+        while True:
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            except RuntimeError as e:
+                culprit = batch_dataset.explain_dead_worker(e)
+                if culprit:
+                    raise RuntimeError(f"{str(e).rstrip('. ')}. The train loader's {culprit}.") from e
+                raise
+            yield batch
 
 
 def _as_dataset(dataset):

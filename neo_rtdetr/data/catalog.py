@@ -15,10 +15,12 @@ registered by detectron2 under ``$DETECTRON2_DATASETS`` (default ``./datasets``)
 standard layout ``coco/{train2017,val2017}`` and ``coco/annotations/instances_*2017.json``.
 """
 
+import functools
 import logging
 import os
 from typing import Iterable, Optional, Sequence
 
+from neo_rtdetr.data.coco_json import load_coco_detection_json
 from neo_rtdetr.data.synthetic import SyntheticSpec, ensure_synthetic_dataset, synthetic_paths
 
 __all__ = [
@@ -45,9 +47,13 @@ def default_cache_dir() -> str:
 def register_coco_format_dataset(*, name: str, json_file: str, image_root: str, **metadata) -> str:
     """Register a COCO-format detection dataset under ``name`` (idempotent).
 
-    Thin wrapper of detectron2's ``register_coco_instances`` that can be called from a config
-    and again by every tool: registering the same name with the same files is a no-op, with
-    different files it is an error (not a silent overwrite).
+    Registers like detectron2's ``register_coco_instances`` (same metadata: ``json_file``,
+    ``image_root``, ``evaluator_type="coco"``), but the dataset is loaded by
+    :func:`neo_rtdetr.data.coco_json.load_coco_detection_json`, which validates the file first:
+    unusable files are rejected naming the file and ids, fixable annotations are dropped or
+    clipped with one summary warning (:mod:`neo_rtdetr.data.validation`). Can be called from a
+    config and again by every tool: registering the same name with the same files is a no-op,
+    with different files it is an error (not a silent overwrite).
 
     Args:
         name: dataset name used in configs (``dataloader.train.dataset.names``).
@@ -61,7 +67,6 @@ def register_coco_format_dataset(*, name: str, json_file: str, image_root: str, 
         ``name``.
     """
     from detectron2.data import DatasetCatalog, MetadataCatalog
-    from detectron2.data.datasets import register_coco_instances
 
     json_file, image_root = os.fspath(json_file), os.fspath(image_root)
     if name in DatasetCatalog.list():
@@ -74,7 +79,8 @@ def register_coco_format_dataset(*, name: str, json_file: str, image_root: str, 
             f"image_root={getattr(meta, 'image_root', None)!r}; refusing to re-register it with "
             f"json_file={json_file!r}, image_root={image_root!r}. Use another name."
         )
-    register_coco_instances(name, dict(metadata), json_file, image_root)
+    DatasetCatalog.register(name, functools.partial(load_coco_detection_json, json_file, image_root, name))
+    MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root, evaluator_type="coco", **metadata)
     return name
 
 

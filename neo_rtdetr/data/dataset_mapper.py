@@ -3,6 +3,10 @@
 Follows the DetrDatasetMapper pattern (read the image, apply detectron2 augmentations, convert the
 annotations to :class:`Instances`) with RT-DETR's specifics:
 
+* images are read with :func:`neo_rtdetr.data.image_io.read_image` (detectron2's ``read_image``:
+  EXIF orientation applied, so boxes refer to the displayed image; 16-bit images scaled to 8 bits);
+  an unreadable file is an ``OSError`` naming the file and the image id;
+
 * targets carry ``gt_boxes_cxcywh``: normalised (cx, cy, w, h) relative to the augmented image,
   the field :data:`neo_rtdetr.modeling.meta_arch.rtdetr.TARGET_BOXES_FIELD` the model trains on;
 * boxes are clipped to the image and boxes under 1 px are removed after every augmentation, like
@@ -25,6 +29,9 @@ import torch
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import Boxes, BoxMode, Instances
+from PIL import Image
+
+from neo_rtdetr.data.image_io import SIZE_SWAPPING_ORIENTATIONS, exif_orientation, read_image
 
 from neo_rtdetr.data.transforms.augmentations import RandomIoUCrop, RandomPhotometricDistort, RandomZoomOut
 from neo_rtdetr.modeling.meta_arch.rtdetr import TARGET_BOXES_FIELD
@@ -68,6 +75,26 @@ def _clip_and_filter(boxes: np.ndarray, classes: np.ndarray, height: int, width:
     boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, height)
     keep = ((boxes[:, 2] - boxes[:, 0]) >= min_size) & ((boxes[:, 3] - boxes[:, 1]) >= min_size)
     return boxes[keep], classes[keep]
+
+
+def _exif_hint(file_name: str, dataset_dict: Dict, image: np.ndarray) -> str:
+    """Explain a width/height swap caused by an EXIF rotation (empty string otherwise)."""
+    h, w = image.shape[:2]
+    if (dataset_dict.get("width"), dataset_dict.get("height")) != (h, w):
+        return ""
+    try:
+        with Image.open(file_name) as im:
+            orientation = exif_orientation(im)
+    except OSError:
+        return ""
+    if orientation not in SIZE_SWAPPING_ORIENTATIONS:
+        return ""
+    return (
+        f". The file has EXIF orientation {orientation}: it is stored as {h}x{w} (width x height) and displayed, "
+        f"like detectron2's read_image loads it, as {w}x{h}. The annotation uses the stored size, but COCO "
+        "annotations (width, height and boxes) must refer to the displayed image: rotate the boxes and swap "
+        "width/height in the JSON, or strip the EXIF orientation from the file if the boxes refer to the stored pixels"
+    )
 
 
 class RTDETRDatasetMapper:
@@ -134,14 +161,26 @@ class RTDETRDatasetMapper:
         return [a for a in self.augmentations if not (skip_strong and self._is_strong(a))]
 
     def _read_image(self, dataset_dict: Dict) -> np.ndarray:
+        """Read the image (:func:`neo_rtdetr.data.image_io.read_image`: detectron2's semantics, EXIF
+        applied) and check its size against the dict's ``height`` / ``width``.
+
+        Raises:
+            OSError: missing, truncated or corrupt file (names the file and the image id).
+            detectron2's ``SizeMismatchError``: the size differs from the annotation's (names the
+                file; explains EXIF rotation when that is the cause).
+        """
         file_name = dataset_dict.get("file_name")
+        image_id = dataset_dict.get("image_id")
         if file_name is None:
-            raise KeyError(f"dataset dict (image_id={dataset_dict.get('image_id')}) has no 'file_name'")
+            raise KeyError(f"dataset dict (image_id={image_id}) has no 'file_name'")
         try:
-            image = utils.read_image(file_name, format=self.image_format)
+            image = read_image(file_name, format=self.image_format)
         except Exception as e:  # noqa: BLE001 - any decoding error: report which file
-            raise OSError(f"cannot read image '{file_name}': {type(e).__name__}: {e}") from e
-        utils.check_image_size(dataset_dict, image)  # raises with the file name on a size mismatch
+            raise OSError(f"cannot read image '{file_name}' (image_id={image_id}): {type(e).__name__}: {e}") from e
+        try:
+            utils.check_image_size(dataset_dict, image)  # raises with the file name on a size mismatch
+        except utils.SizeMismatchError as e:
+            raise utils.SizeMismatchError(f"{e} (image_id={image_id}){_exif_hint(file_name, dataset_dict, image)}") from e
         return image
 
     def __call__(self, dataset_dict: Dict) -> Dict:
@@ -204,7 +243,10 @@ class RTDETRDatasetMapper:
         """[H, W, C] uint8 array -> [C, H, W] uint8 tensor."""
         if image.ndim == 2:
             image = image[:, :, None]
-        return torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        chw = np.ascontiguousarray(image.transpose(2, 0, 1))
+        if not chw.flags.writeable:  # a view of PIL's read-only buffer (e.g. 1-pixel-wide images)
+            chw = chw.copy()
+        return torch.as_tensor(chw)
 
     @staticmethod
     def _instances(boxes: np.ndarray, classes: np.ndarray, h: int, w: int) -> Instances:

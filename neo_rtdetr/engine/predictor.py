@@ -9,8 +9,9 @@ import torch
 
 from detectron2.config import LazyConfig, instantiate
 from detectron2.data import transforms as T
-from detectron2.data.detection_utils import read_image
 from detectron2.structures import Instances
+
+from neo_rtdetr.data.image_io import read_image
 
 __all__ = ["Predictor"]
 
@@ -19,12 +20,26 @@ logger = logging.getLogger(__name__)
 ImageLike = Union[str, os.PathLike, np.ndarray, torch.Tensor]
 
 
+def _check_uint8(image: np.ndarray) -> np.ndarray:
+    """Arrays and tensors must hold uint8 pixels (a float image would be cast silently, NaN included)."""
+    if image.dtype == np.uint8:
+        return image
+    if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
+        raise ValueError(f"the image has NaN or inf pixel values ({image.dtype})")
+    raise ValueError(
+        f"numpy/tensor images must be uint8 in [0, 255], got {image.dtype}; e.g. "
+        "(img * 255).round().clip(0, 255).astype(np.uint8) for float images in [0, 1]"
+    )
+
+
 class Predictor:
     """Load a model from a LazyConfig (+ checkpoint) and run it on images.
 
-    Accepted images: a file path (read with EXIF orientation applied); a numpy HxWx3 uint8 array
-    in ``numpy_format`` channel order (default "BGR", as ``cv2.imread`` gives); a torch uint8 tensor
-    3xHxW in RGB. A list is run in batches of ``batch_size``.
+    Accepted images: a file path (read like the training data: EXIF orientation applied, 16-bit
+    scaled to 8-bit); a numpy HxWx3 uint8 array in ``numpy_format`` channel order (default "BGR",
+    as ``cv2.imread`` gives); a torch uint8 tensor 3xHxW in RGB. Other dtypes are a ``ValueError``
+    (NaN/inf pixels named as such), not a silent cast. A list is run in batches of
+    ``batch_size``; an empty list gives an empty list; an error names the list index.
 
     Args:
         config: path of a LazyConfig file, or a loaded config.
@@ -72,15 +87,15 @@ class Predictor:
         if isinstance(image, np.ndarray):
             if image.ndim != 3 or image.shape[2] != 3:
                 raise ValueError(f"numpy images must be HxWx3, got shape {image.shape}")
-            return image[:, :, ::-1] if self.numpy_format == "BGR" else image
+            return _check_uint8(image)[:, :, ::-1] if self.numpy_format == "BGR" else _check_uint8(image)
         if isinstance(image, torch.Tensor):
             if image.dim() != 3 or image.shape[0] != 3:
                 raise ValueError(f"tensor images must be 3xHxW (RGB), got shape {tuple(image.shape)}")
-            return image.permute(1, 2, 0).cpu().numpy()
+            return _check_uint8(image.permute(1, 2, 0).cpu().numpy())
         raise TypeError(f"unsupported image type {type(image).__name__}")
 
     def _inputs(self, image: ImageLike) -> dict:
-        rgb = np.ascontiguousarray(self._to_rgb_hwc(image)).astype(np.uint8)
+        rgb = np.ascontiguousarray(self._to_rgb_hwc(image))
         h, w = rgb.shape[:2]
         if self.resize is not None:
             aug = T.AugInput(rgb)
@@ -101,6 +116,13 @@ class Predictor:
         items = [images] if single else list(images)
         results: List[Instances] = []
         for start in range(0, len(items), self.batch_size):
-            batch = [self._inputs(x) for x in items[start : start + self.batch_size]]
+            batch = []
+            for i, x in enumerate(items[start : start + self.batch_size], start):
+                try:
+                    batch.append(self._inputs(x))
+                except (ValueError, TypeError, OSError) as e:
+                    if single:
+                        raise
+                    raise type(e)(f"image {i} of the list: {e}") from e
             results.extend(out["instances"].to("cpu") for out in self.model(batch))
         return results[0] if single else results

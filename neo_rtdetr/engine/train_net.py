@@ -7,19 +7,24 @@ train loader (dataset size // total batch size).
 """
 
 import logging
+import os
+from typing import Sequence
 
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from detectron2.config import instantiate
-from detectron2.engine import create_ddp_model, hooks
+from detectron2.engine import HookBase, create_ddp_model, hooks
 from detectron2.engine.defaults import default_writers
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 
 from neo_rtdetr.checkpoint.checkpointer import RTDETRCheckpointer
 from neo_rtdetr.data.catalog import register_datasets_from_config
-from neo_rtdetr.engine.ema import EMAHook, ModelEMA
+from neo_rtdetr.engine.ema import EMAHook, ModelEMA, unwrap_model
+from neo_rtdetr.engine.loss_trace import LOSS_TRACE_FILE, LossTraceWriter
+from neo_rtdetr.engine.preflight import check_evaluation_data, check_training_data
+from neo_rtdetr.engine.step_seed import StepSeedHook
 from neo_rtdetr.engine.trainer import RTDETRTrainer
 
 __all__ = ["resolve_device", "build_model", "wrap_ddp", "do_test", "do_train", "TrainSchedule"]
@@ -65,7 +70,9 @@ def do_test(cfg, model, *, tag: str = "") -> dict:
         return {}
     register_datasets_from_config(cfg.dataloader.get("datasets"))
     was_training = model.training
-    results = inference_on_dataset(model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator))
+    test_loader = instantiate(cfg.dataloader.test)  # loads (and validates) the evaluation dataset
+    check_evaluation_data(cfg, unwrap_model(model))
+    results = inference_on_dataset(model, test_loader, instantiate(cfg.dataloader.evaluator))
     model.train(was_training)
     if comm.is_main_process() and results:
         logger.info("Evaluation results%s:", f" ({tag})" if tag else "")
@@ -124,12 +131,24 @@ def wrap_ddp(model: torch.nn.Module, ddp_cfg) -> torch.nn.Module:
     return create_ddp_model(model, **kwargs)
 
 
-def do_train(cfg, *, resume: bool = False) -> None:
-    """Train ``cfg`` with hooks: EMA, LR schedule, periodic/best checkpoints, COCO eval, writers."""
+def do_train(cfg, *, resume: bool = False, extra_hooks: Sequence[HookBase] = ()) -> None:
+    """Train ``cfg`` with hooks: per-step seeding, EMA, LR schedule, periodic/best checkpoints,
+    COCO eval, writers (and ``train.loss_trace``'s per-iteration loss log).
+
+    Before the first step the configuration is checked against the data
+    (:func:`neo_rtdetr.engine.preflight.check_training_data`: class counts, usable annotations,
+    images with more boxes than queries).
+
+    Args:
+        cfg: the LazyConfig.
+        resume: continue from ``train.output_dir``'s last checkpoint when there is one.
+        extra_hooks: more hooks, run after the built-in ones (e.g. measurements).
+    """
     model = build_model(cfg)
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
     train_loader = instantiate(cfg.dataloader.train)
+    check_training_data(cfg, model, train_loader)
     schedule = TrainSchedule(cfg, train_loader.iters_per_epoch)
     logger.info(
         "%d iterations per epoch, %d iterations in all, eval every %s, checkpoint every %d",
@@ -159,9 +178,12 @@ def do_train(cfg, *, resume: bool = False) -> None:
 
     trainer.register_hooks(
         [
+            StepSeedHook(cfg.train.get("seed", 0)),
             hooks.IterationTimer(),
             EMAHook(ema) if ema is not None else None,
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+            LossTraceWriter(os.path.join(cfg.train.output_dir, LOSS_TRACE_FILE))
+            if cfg.train.get("loss_trace", False) else None,
             hooks.PeriodicCheckpointer(checkpointer, schedule.checkpoint_period, max_iter=schedule.max_iter,
                                        max_to_keep=cfg.train.checkpointer.max_to_keep)
             if comm.is_main_process() else None,
@@ -171,6 +193,7 @@ def do_train(cfg, *, resume: bool = False) -> None:
             if comm.is_main_process() and "evaluator" in cfg.dataloader else None,
             hooks.PeriodicWriter(default_writers(cfg.train.output_dir, schedule.max_iter), period=cfg.train.log_period)
             if comm.is_main_process() else None,
+            *extra_hooks,
         ]
     )
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)

@@ -33,6 +33,10 @@ def _common(out, cache):
         "dataloader.test.dataset.names=synthetic_train",
         "dataloader.image_size=[64,64]",
         "dataloader.train.multi_scale=[64]",
+        # a short warm-up and a higher lr: with the demo's 100-iteration warm-up, 40 iterations leave the
+        # AP at the mercy of the random stream (0 for some seeds); like this it is > 0 for every seed tried
+        "lr_multiplier.warmup_iters=10",
+        "optimizer.lr=1e-3",
     ]
 
 

@@ -1,8 +1,10 @@
 """RTDETR: the Detectron2 meta-architecture wrapping backbone, hybrid encoder, decoder and criterion."""
 
+import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detectron2.modeling import META_ARCH_REGISTRY
@@ -76,6 +78,7 @@ class RTDETR(nn.Module):
         self.size_divisibility = int(size_divisibility)
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
+        self._nonzero_mean = any(float(v) != 0.0 for v in pixel_mean)  # host-side: no device read per batch
         self.channels_last = bool(channels_last)
         if self.channels_last:
             self.to(memory_format=torch.channels_last)
@@ -93,7 +96,13 @@ class RTDETR(nn.Module):
         """Normalise and batch the images; pad bottom/right to ``size_divisibility``.
 
         The images are padded and stacked in their own dtype (e.g. uint8) on their own device, moved to the model's
-        device once and normalised in one operation; the padding is 0 after normalisation.
+        device once and normalised in one operation; the padding is 0 after normalisation. Images so small that
+        the encoder would have fewer tokens than ``num_queries`` (e.g. 20x20 pixels: 21 tokens at strides
+        8/16/32) are padded further (see :meth:`_pad_to_min_tokens`).
+
+        Raises:
+            ValueError: an image that is not a [3, H, W] tensor, or a floating-point image with NaN
+                or inf values (it would silently give NaN scores and boxes); names the batch index.
 
         Returns:
             ImageList with ``tensor`` [B, 3, H_pad, W_pad] (float32) and ``image_sizes`` (h, w) before padding.
@@ -104,6 +113,11 @@ class RTDETR(nn.Module):
             if not isinstance(image, Tensor) or image.dim() != 3 or image.shape[0] != 3:
                 shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
                 raise ValueError(f"batched_inputs[{i}]['image'] must be a [3, H, W] tensor, got {shape}")
+            if image.is_floating_point() and not bool(torch.isfinite(image).all()):
+                raise ValueError(
+                    f"batched_inputs[{i}]['image'] (image_id={x.get('image_id')!r}) has NaN or inf pixel values; "
+                    "the detections of such an image would be NaN"
+                )
             images.append(image)
         if len({(im.device, im.dtype) for im in images}) > 1:
             images = [im.to(self.device, self.pixel_mean.dtype) for im in images]
@@ -111,12 +125,37 @@ class RTDETR(nn.Module):
         x = raw.tensor.to(self.device, non_blocking=True).to(self.pixel_mean.dtype)
         x = (x - self.pixel_mean) / self.pixel_std
         H, W = x.shape[-2:]
-        if any((h, w) != (H, W) for h, w in raw.image_sizes) and bool(self.pixel_mean.any()):
+        if self._nonzero_mean and any((h, w) != (H, W) for h, w in raw.image_sizes):
             valid = torch.zeros((len(images), 1, H, W), dtype=torch.bool, device=x.device)
             for i, (h, w) in enumerate(raw.image_sizes):
                 valid[i, :, :h, :w] = True
             x = x * valid
-        return ImageList(x, raw.image_sizes)
+        return self._pad_to_min_tokens(ImageList(x, raw.image_sizes))
+
+    def _pad_to_min_tokens(self, images: ImageList) -> ImageList:
+        """Zero-pad (bottom/right) a batch whose encoder memory would hold fewer tokens than the
+        decoder's ``num_queries`` (its top-k query selection needs that many), growing the shorter
+        side in steps of the largest feature stride. Boxes stay correct: predictions are normalised
+        to the padded frame and scaled back with it, and targets are rescaled to it."""
+        num_queries = int(getattr(self.decoder, "num_queries", 0))
+        shapes = self.backbone.output_shape()
+        strides = [shapes[k].stride for k in self._feature_names()]
+        H, W = images.tensor.shape[-2:]
+
+        def tokens(h: int, w: int) -> int:
+            return sum(math.ceil(h / s) * math.ceil(w / s) for s in strides)
+
+        if tokens(H, W) >= num_queries:
+            return images
+        step = max([self.size_divisibility, *strides])
+        new_h, new_w = H, W
+        while tokens(new_h, new_w) < num_queries:
+            if new_h <= new_w:
+                new_h += step
+            else:
+                new_w += step
+        tensor = F.pad(images.tensor, (0, new_w - W, 0, new_h - H))
+        return ImageList(tensor, images.image_sizes)
 
     def prepare_targets(self, batched_inputs: List[Dict], images: ImageList) -> List[Dict[str, Tensor]]:
         """Criterion targets: per image ``labels`` [n] and ``boxes`` [n, 4] normalised cxcywh, on the model's device.

@@ -1,0 +1,122 @@
+"""Checkpoint faults: a process SIGKILLed between writing the temporary file and renaming it
+leaves the previous checkpoint loadable and tagged; a checkpoint of another model size is a clear
+error instead of a half-loaded model."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+from detectron2.config import LazyConfig, instantiate
+
+from neo_rtdetr.checkpoint.checkpointer import CheckpointMismatchError, RTDETRCheckpointer
+from tests.engine.toy import ToyDetector
+
+_SAVER = textwrap.dedent("""
+    import os, sys, time
+    import torch
+    import neo_rtdetr.checkpoint.checkpointer as ck
+    from tests.engine.toy import ToyDetector
+
+    folder = sys.argv[1]
+    model = ToyDetector()
+    checkpointer = ck.RTDETRCheckpointer(model, folder)
+    checkpointer.save("model_0000009")            # a complete checkpoint, tagged
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+
+    real_replace = os.replace
+    def replace_then_hang(src, dst):
+        if dst.endswith("model_0000019.pth"):     # the temporary file is complete: the "kill" comes now
+            open(os.path.join(folder, "READY"), "w").close()
+            time.sleep(600)
+        real_replace(src, dst)
+    ck.os.replace = replace_then_hang
+    checkpointer.save("model_0000019")
+""")
+
+
+def test_sigkill_between_temp_write_and_rename_keeps_the_previous_checkpoint(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-c", _SAVER, str(tmp_path)], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not (tmp_path / "READY").exists():
+            assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() is not None else "timeout"
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+
+    names = sorted(os.listdir(tmp_path))
+    temps = [n for n in names if n.endswith(".neo_rtdetr_tmp")]
+    assert len(temps) == 1 and temps[0].startswith(".model_0000019.pth.")  # the interrupted save's complete temp file
+    assert "model_0000019.pth" not in names
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000009.pth"
+
+    # --resume picks the previous checkpoint, which loads completely
+    fresh = ToyDetector(seed=3)
+    checkpointer = RTDETRCheckpointer(fresh, str(tmp_path))
+    assert checkpointer.get_checkpoint_file() == str(tmp_path / "model_0000009.pth")
+    checkpointer.resume_or_load("", resume=True)
+    for k, v in ToyDetector().state_dict().items():
+        assert torch.equal(fresh.state_dict()[k], v), k
+    checkpointer.save("model_0000029")  # the next save cleans up the stale temporary file
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".neo_rtdetr_tmp")]
+
+
+def _model(depth=18, num_classes=3):
+    cfg = LazyConfig.load("configs/common/models/rtdetr_tiny.py")
+    cfg.model.num_classes = num_classes
+    cfg.model.backbone.depth = depth
+    torch.manual_seed(0)
+    return instantiate(cfg.model)
+
+
+@pytest.fixture(scope="module")
+def r18_file(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("ckpt") / "r18.pth")
+    torch.save({"model": _model().state_dict()}, path)
+    return path
+
+
+def test_checkpoint_of_another_model_size_is_a_clear_error(r18_file):
+    r34 = _model(depth=34)
+    for load in (lambda c: c.load(r18_file), lambda c: c.load_for_inference(r18_file),
+                 lambda c: c.resume_or_load(r18_file, resume=False)):
+        with pytest.raises(CheckpointMismatchError) as excinfo:
+            load(RTDETRCheckpointer(r34))
+        message = str(excinfo.value)
+        assert message.startswith(f"{r18_file}: the checkpoint does not fit the model")
+        assert "model tensors are not in the checkpoint" in message and "backbone.res_layers" in message
+        assert "another model size" in message
+    wider_cfg = LazyConfig.load("configs/common/models/rtdetr_tiny.py")
+    wider_cfg.model.num_classes = 3
+    wider_cfg.model.encoder.hidden_dim = 96
+    wider_cfg.model.decoder.hidden_dim = 96
+    wider = instantiate(wider_cfg.model)
+    with pytest.raises(CheckpointMismatchError, match=r"tensors have another shape \(.*\(64,\) in the checkpoint, \(96,\) in the model"):
+        RTDETRCheckpointer(wider).load(r18_file)
+
+
+def test_only_a_class_count_difference_is_loaded_for_fine_tuning(r18_file):
+    five = _model(num_classes=5)
+    fresh_heads = {k: v.clone() for k, v in five.state_dict().items() if "score_head" in k or "denoising_class" in k}
+    RTDETRCheckpointer(five).load(r18_file)  # no error: the class heads keep their fresh initialisation
+    source = torch.load(r18_file, weights_only=True)["model"]
+    state = five.state_dict()
+    for k, v in state.items():
+        if k in fresh_heads:
+            assert torch.equal(v, fresh_heads[k]), k
+        else:
+            assert torch.equal(v, source[k]), k
