@@ -111,3 +111,21 @@ def test_fast_inference_cuda_graphs_replay_the_eager_result():
         out = fast(xs)
         assert out[0]["instances"].image_size == hw
     assert len(fast._graphs) == 2
+
+
+def test_to_device_is_asynchronous_and_exact():
+    """Host tensors reach the GPU through pinned memory without a stream synchronisation."""
+    from neo_rtdetr.utils.host_to_device import to_device
+
+    torch.cuda.synchronize()
+    a = torch.randn(4096, 4096, device="cuda")
+    busy = a @ a  # queue GPU work
+    for _ in range(10):
+        busy = busy @ a
+    host = torch.arange(1000, dtype=torch.int64)
+    event = torch.cuda.Event()
+    event.record()
+    out = to_device(host, torch.device("cuda"), torch.int32)
+    assert not event.query()  # the matrix products were still running: the copy did not wait for them
+    torch.cuda.synchronize()
+    assert out.dtype == torch.int32 and torch.equal(out.cpu(), host.to(torch.int32))

@@ -17,6 +17,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
 from ..layers.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
+from ...utils.host_to_device import to_device
 
 __all__ = ["HungarianMatcher", "PaddedTargets", "PendingMatch"]
 
@@ -220,8 +221,8 @@ class PaddedTargets:
     def from_list(cls, targets: Sequence[Dict[str, Tensor]], device: torch.device) -> "PaddedTargets":
         """Args: targets: per image ``labels`` [n_i] and ``boxes`` [n_i, 4]; device: where the result lives."""
         sizes = [int(t["labels"].shape[0]) for t in targets]
-        labels_flat = torch.cat([t["labels"].reshape(-1) for t in targets]).to(device=device, dtype=torch.int64)
-        boxes_flat = torch.cat([t["boxes"].reshape(-1, 4) for t in targets]).to(device=device)
+        labels_flat = to_device(torch.cat([t["labels"].reshape(-1) for t in targets]), device, torch.int64)
+        boxes_flat = to_device(torch.cat([t["boxes"].reshape(-1, 4) for t in targets]), device)
         n_max = max(sizes, default=0)
         labels = torch.full((len(sizes), n_max), -1, dtype=torch.int64, device=device)
         boxes = torch.full((len(sizes), n_max, 4), 0.5, dtype=boxes_flat.dtype, device=device)
@@ -229,7 +230,7 @@ class PaddedTargets:
             # slot (image, j) of every box, built on the host from the sizes (no device sync)
             image_idx = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
             slot_idx = torch.cat([torch.arange(n) for n in sizes])
-            image_idx, slot_idx = image_idx.to(device, non_blocking=True), slot_idx.to(device, non_blocking=True)
+            image_idx, slot_idx = to_device(torch.stack([image_idx, slot_idx]), device).unbind(0)
             labels[image_idx, slot_idx] = labels_flat
             boxes[image_idx, slot_idx] = boxes_flat
         return cls(sizes, labels_flat, boxes_flat, labels, boxes)

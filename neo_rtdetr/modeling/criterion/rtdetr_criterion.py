@@ -30,6 +30,7 @@ import numpy as np
 
 from ..layers.box_ops import box_cxcywh_to_xyxy, elementwise_box_iou, elementwise_generalized_box_iou
 from .matcher import PaddedTargets
+from ...utils.host_to_device import to_device
 
 __all__ = ["RTDETRCriterion"]
 
@@ -182,9 +183,7 @@ class RTDETRCriterion(nn.Module):
     def _num_boxes(self, targets: Sequence[Dict[str, Tensor]], device: torch.device) -> Tensor:
         """Total GT count of the batch, averaged over ranks (official), clamped >= 1: a 0-dim tensor on ``device``
         (not a Python float: reading it back would synchronise)."""
-        num_boxes = torch.as_tensor(
-            [float(sum(int(t["labels"].shape[0]) for t in targets))], dtype=torch.float, device=device
-        )
+        num_boxes = to_device(torch.tensor([float(sum(int(t["labels"].shape[0]) for t in targets))]), device)
         world_size = 1
         if dist.is_available() and dist.is_initialized():
             world_size = dist.get_world_size()
@@ -261,7 +260,7 @@ class RTDETRCriterion(nn.Module):
                 src = np.asarray(src, dtype=np.int64)
                 cols.append(np.stack([np.full_like(src, s), np.full_like(src, b), src, np.asarray(tgt, dtype=np.int64)]))
         pairs = np.concatenate(cols, axis=1) if cols else np.zeros((4, 0), dtype=np.int64)
-        return torch.from_numpy(pairs).to(device, non_blocking=True)
+        return to_device(torch.from_numpy(pairs), device)
 
     @staticmethod
     def _dn_pairs(dn_meta, sizes: List[int], num_sets: int, device: torch.device) -> Tensor:
@@ -270,8 +269,8 @@ class RTDETRCriterion(nn.Module):
         batch_idx = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes) * group)
         slot_idx = torch.cat([torch.arange(n).repeat(group) for n in sizes])
         num_pairs = int(batch_idx.numel())
-        host = torch.stack([batch_idx, slot_idx]).to(device, non_blocking=True)
-        src_idx = torch.cat([p.reshape(-1) for p in dn_meta["dn_positive_idx"]]).to(device=device, dtype=torch.int64)
+        host = to_device(torch.stack([batch_idx, slot_idx]), device)
+        src_idx = to_device(torch.cat([p.reshape(-1) for p in dn_meta["dn_positive_idx"]]), device, torch.int64)
         set_idx = torch.arange(num_sets, device=device).repeat_interleave(num_pairs)
         return torch.stack([set_idx, host[0].repeat(num_sets), src_idx.repeat(num_sets), host[1].repeat(num_sets)])
 

@@ -18,6 +18,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..layers.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh, inverse_sigmoid
+from ...utils.host_to_device import to_device
 
 __all__ = ["get_contrastive_denoising_training_group"]
 
@@ -91,10 +92,11 @@ def get_contrastive_denoising_training_group(
         query_box[..., :2] = 0.5
         query_box[..., 2:] = 0.1
     else:
-        image_idx = torch.repeat_interleave(torch.arange(bs), torch.tensor(num_gts)).to(device, non_blocking=True)
-        slot_idx = torch.cat([torch.arange(n) for n in num_gts]).to(device, non_blocking=True)
-        query_class[image_idx, slot_idx] = torch.cat([t["labels"] for t in targets]).to(device, torch.int32)
-        query_box[image_idx, slot_idx] = torch.cat([t["boxes"] for t in targets]).to(device, _NOISE_DTYPE)
+        image_idx = torch.repeat_interleave(torch.arange(bs), torch.tensor(num_gts))
+        slot_idx = torch.cat([torch.arange(n) for n in num_gts])
+        image_idx, slot_idx = to_device(torch.stack([image_idx, slot_idx]), device).unbind(0)
+        query_class[image_idx, slot_idx] = to_device(torch.cat([t["labels"] for t in targets]), device, torch.int32)
+        query_box[image_idx, slot_idx] = to_device(torch.cat([t["boxes"] for t in targets]), device, _NOISE_DTYPE)
         pad_gt_mask[image_idx, slot_idx] = True
 
     # G groups of (M positives, M negatives): [B, 2MG]

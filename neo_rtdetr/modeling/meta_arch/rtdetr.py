@@ -13,6 +13,7 @@ from detectron2.structures import Boxes, ImageList, Instances
 
 from neo_rtdetr.modeling.layers.box_ops import box_cxcywh_to_xyxy
 from neo_rtdetr.modeling.layers.fuse_conv_bn import fold_batch_norms
+from neo_rtdetr.utils.host_to_device import to_device
 
 __all__ = ["RTDETR", "TARGET_BOXES_FIELD"]
 
@@ -95,10 +96,10 @@ class RTDETR(nn.Module):
     def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
         """Normalise and batch the images; pad bottom/right to ``size_divisibility``.
 
-        The images are padded and stacked in their own dtype (e.g. uint8) on their own device, moved to the model's
-        device once and normalised in one operation; the padding is 0 after normalisation. Images so small that
-        the encoder would have fewer tokens than ``num_queries`` (e.g. 20x20 pixels: 21 tokens at strides
-        8/16/32) are padded further (see :meth:`_pad_to_min_tokens`).
+        The images are moved to the model's device (asynchronously from the data loader's pinned memory),
+        padded and stacked there in their own dtype (e.g. uint8) and normalised in one operation; the padding is 0
+        after normalisation. Images so small that the encoder would have fewer tokens than ``num_queries`` (e.g.
+        20x20 pixels: 21 tokens at strides 8/16/32) are padded further (see :meth:`_pad_to_min_tokens`).
 
         Raises:
             ValueError: an image that is not a [3, H, W] tensor, or a floating-point image with NaN
@@ -118,11 +119,11 @@ class RTDETR(nn.Module):
                     f"batched_inputs[{i}]['image'] (image_id={x.get('image_id')!r}) has NaN or inf pixel values; "
                     "the detections of such an image would be NaN"
                 )
-            images.append(image)
-        if len({(im.device, im.dtype) for im in images}) > 1:
-            images = [im.to(self.device, self.pixel_mean.dtype) for im in images]
-        raw = ImageList.from_tensors(images, self.size_divisibility)
-        x = raw.tensor.to(self.device, non_blocking=True).to(self.pixel_mean.dtype)
+            images.append(to_device(image, self.device))  # the loader's pinned images: asynchronous copies
+        if len({im.dtype for im in images}) > 1:
+            images = [im.to(self.pixel_mean.dtype) for im in images]
+        raw = ImageList.from_tensors(images, self.size_divisibility)  # padded on the device, in the input dtype
+        x = raw.tensor.to(self.pixel_mean.dtype)
         x = (x - self.pixel_mean) / self.pixel_std
         H, W = x.shape[-2:]
         if self._nonzero_mean and any((h, w) != (H, W) for h, w in raw.image_sizes):
@@ -183,8 +184,8 @@ class RTDETR(nn.Module):
         host_targets = [{"labels": lab, "boxes": box} for lab, box in zip(labels, boxes)]
         self.criterion.check_targets(host_targets, len(host_targets))
         sizes = [int(lab.shape[0]) for lab in labels]
-        all_labels = torch.cat([lab.reshape(-1) for lab in labels]).to(self.device, torch.int64, non_blocking=True)
-        all_boxes = torch.cat([box.reshape(-1, 4) for box in boxes]).to(self.device, non_blocking=True)
+        all_labels = to_device(torch.cat([lab.reshape(-1) for lab in labels]), self.device, torch.int64)
+        all_boxes = to_device(torch.cat([box.reshape(-1, 4) for box in boxes]), self.device)
         return [
             {"labels": lab, "boxes": box}
             for lab, box in zip(all_labels.split(sizes), all_boxes.split(sizes))
@@ -282,7 +283,7 @@ class RTDETR(nn.Module):
             return results
         scale = [[ow / w, oh / h, ow / w, oh / h] for (h, w), (oh, ow) in zip(image_sizes, out_sizes)]
         bound = [[ow, oh, ow, oh] for oh, ow in out_sizes]
-        host = torch.tensor([scale, bound], dtype=boxes.dtype).to(boxes.device, non_blocking=True)
+        host = to_device(torch.tensor([scale, bound], dtype=boxes.dtype), boxes.device)
         boxes = torch.minimum((boxes * host[0][:, None, :]).clamp(min=0), host[1][:, None, :])
         keep = ((boxes[..., 2] - boxes[..., 0]) > 0) & ((boxes[..., 3] - boxes[..., 1]) > 0)  # Boxes.nonempty()
         keep_host = keep.cpu()
