@@ -34,4 +34,5 @@ AdamW = L(torch.optim.AdamW)(
     lr=1e-4,
     betas=(0.9, 0.999),
     weight_decay=1e-4,
+    fused=True,  # one kernel per step (1.15x the foreach train step on an H200, docs/performance.md)
 )

@@ -56,3 +56,17 @@ def test_bad_inputs_are_clear_errors(predictor):
         predictor(np.zeros((10, 10), np.uint8))
     with pytest.raises(TypeError, match="unsupported"):
         predictor(3.5)
+
+
+def test_fast_predictor_gives_the_same_detections(predictor, tmp_path):
+    """fast=True (FastInference: deployed, channels-last; float32 on the CPU) keeps the detections."""
+    from neo_rtdetr.engine.fast_inference import FastInference
+
+    RTDETRCheckpointer(predictor.model, str(tmp_path)).save("model")
+    fast = Predictor(predictor.cfg, str(tmp_path / "model.pth"), device="cpu", batch_size=2, fast=True)
+    assert isinstance(fast.runner, FastInference) and fast.runner.dtype == torch.float32
+    ref, got = predictor(PHOTO), fast(PHOTO)
+    assert len(got) == len(ref) > 0
+    torch.testing.assert_close(got.scores, ref.scores, rtol=0, atol=1e-5)
+    assert torch.equal(got.pred_classes, ref.pred_classes)
+    torch.testing.assert_close(got.pred_boxes.tensor, ref.pred_boxes.tensor, rtol=0, atol=1e-2)

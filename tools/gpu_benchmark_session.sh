@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# One call on a GPU machine that has its own torch (e.g. the lent H100/H200): GPU tests, the benchmark tables of
+# docs/performance.md, the data pipeline and an end-to-end run. Writes everything under OUT (default ./gpu_out).
+#
+#   bash install/build_offline_wheels.sh .whl 3.12     # here, once (see README: offline GPU machine)
+#   OUT=/path bash tools/gpu_benchmark_session.sh [BASE_TREE]
+#
+# BASE_TREE: optional checkout of an earlier commit (e.g. `git archive <commit> | tar -x -C .bench_base`): its
+# tools/benchmark.py runs first on the same card, and this tree's rows get a ratio column against it.
+# Each step has a time limit, so one slow step cannot eat the whole session. cuDNN autotuning stays off (it
+# re-tunes for every multi-scale shape).
+set -u
+cd "$(dirname "$0")/.."
+OUT="${OUT:-./gpu_out}"; mkdir -p "$OUT"; OUT="$(cd "$OUT" && pwd)"
+BASE="${1:-}"
+export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1 NEO_RTDETR_CACHE="${NEO_RTDETR_CACHE:-/tmp/neo_rtdetr_cache}"
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH="$PWD:/tmp/site"
+fi
+start=$(date +%s); step() { echo "[$(( $(date +%s) - start )) s] $*"; }
+
+timeout 240 python3 -m pytest -q -m gpu tests/gpu -p no:cacheprovider > "$OUT/gpu_tests.log" 2>&1; tail -3 "$OUT/gpu_tests.log"; step gpu tests
+baseline=()
+if [ -n "$BASE" ]; then
+  (cd "$BASE" && PYTHONPATH="$PWD:/tmp/site" timeout 150 python3 tools/benchmark.py --iters 10 --warmup 3 \
+     --precisions bf16 --output "$OUT/bench_base.json" > "$OUT/bench_base.log" 2>&1)
+  baseline=(--baseline-json "$OUT/bench_base.json"); step baseline
+fi
+timeout 300 python3 tools/benchmark.py --iters 15 --warmup 4 --train-variants default,channels_last,pytorch_msda \
+  --hf-baseline "${baseline[@]}" --output "$OUT/bench.json" > "$OUT/bench.log" 2>&1
+grep -E "img/s" "$OUT/bench.log"; step benchmark
+timeout 150 python3 tools/benchmark_data.py --config-file configs/rtdetr_r50_synthetic640_h100.py --workers 4,8,12,16 \
+  --batches 20 --warmup 3 --output "$OUT/data.json" dataloader.datasets.0.num_train=256 > "$OUT/data.log" 2>&1
+grep -E "^workers" "$OUT/data.log"; step data
+timeout 240 python3 tools/lazyconfig_train_net.py --config-file configs/rtdetr_r18_synthetic_h100.py \
+  train.output_dir=/tmp/r18 train.log_period=50 > "$OUT/r18.log" 2>&1
+cp /tmp/r18/metrics.json "$OUT/r18_metrics.json" 2>/dev/null; step r18 end to end
+timeout 90 python3 tools/benchmark.py --skip-train --skip-infer --accuracy-config configs/rtdetr_r18_synthetic_h100.py \
+  --accuracy-checkpoint /tmp/r18/model_final.pth --output "$OUT/accuracy.json" > "$OUT/accuracy.log" 2>&1
+grep -A6 "^accuracy" "$OUT/accuracy.log"; step accuracy
