@@ -209,3 +209,11 @@ def test_bad_inputs_give_clear_errors():
         discrete_deformable_attention(
             value.reshape(2, -1, 2, 4), SHAPES, torch.zeros(2, 3, 2, 5, 2), torch.zeros(2, 3, 2, 5), [1, 2, 3]
         )
+
+
+def test_default_core_is_the_library_dispatcher():
+    """v2 uses the library's default core (Triton kernels on CUDA), like the v1 module."""
+    from neo_rtdetr.modeling.decoder.ms_deform_attn_triton import ms_deform_attn_core
+
+    assert _attn([4, 4, 4]).ms_deformable_attn_core is ms_deform_attn_core
+    assert MSDeformableAttention(8, 2, 3, 4).ms_deformable_attn_core is ms_deform_attn_core

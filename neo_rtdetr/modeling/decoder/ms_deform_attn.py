@@ -13,7 +13,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["multi_scale_deformable_attention", "MSDeformableAttention", "spatial_shapes_as_list"]
+__all__ = [
+    "multi_scale_deformable_attention", "MSDeformableAttention", "spatial_shapes_as_list", "check_attention_inputs"
+]
 
 SpatialShapes = Union[Sequence[Tuple[int, int]], Sequence[Sequence[int]], Tensor]
 
@@ -99,6 +101,29 @@ def multi_scale_deformable_attention(
     return output.reshape(bs, num_heads * head_dim, num_query).transpose(1, 2).contiguous().to(value.dtype)
 
 
+def check_attention_inputs(query: Tensor, reference_points: Tensor, value: Tensor, *, embed_dim: int, num_levels: int) -> None:
+    """Shape contract of a deformable cross-attention module's inputs (see :meth:`MSDeformableAttention.forward`).
+
+    Raises:
+        ValueError: naming the input whose shape is wrong and the expected shape.
+    """
+    if query.dim() != 3 or query.shape[-1] != embed_dim:
+        raise ValueError(f"query must be [B, Q, {embed_dim}], got {tuple(query.shape)}")
+    if value.dim() != 3 or value.shape[-1] != embed_dim or value.shape[0] != query.shape[0]:
+        raise ValueError(f"value must be [B={query.shape[0]}, S, {embed_dim}], got {tuple(value.shape)}")
+    bs, num_query, _ = query.shape
+    if (
+        reference_points.dim() != 4
+        or reference_points.shape[:2] != (bs, num_query)
+        or reference_points.shape[2] not in (1, num_levels)
+        or reference_points.shape[3] not in (2, 4)
+    ):
+        raise ValueError(
+            f"reference_points must be [B={bs}, Q={num_query}, 1 or {num_levels}, 2 or 4], "
+            f"got {tuple(reference_points.shape)}"
+        )
+
+
 class MSDeformableAttention(nn.Module):
     """Multi-scale deformable cross-attention with box reference points (official RT-DETR v1 layout).
 
@@ -174,22 +199,9 @@ class MSDeformableAttention(nn.Module):
         Returns:
             [B, Q, C].
         """
-        if query.dim() != 3 or query.shape[-1] != self.embed_dim:
-            raise ValueError(f"query must be [B, Q, {self.embed_dim}], got {tuple(query.shape)}")
-        if value.dim() != 3 or value.shape[-1] != self.embed_dim or value.shape[0] != query.shape[0]:
-            raise ValueError(f"value must be [B={query.shape[0]}, S, {self.embed_dim}], got {tuple(value.shape)}")
+        check_attention_inputs(query, reference_points, value, embed_dim=self.embed_dim, num_levels=self.num_levels)
         bs, num_query, _ = query.shape
         num_value = value.shape[1]
-        if (
-            reference_points.dim() != 4
-            or reference_points.shape[:2] != (bs, num_query)
-            or reference_points.shape[2] not in (1, self.num_levels)
-            or reference_points.shape[3] not in (2, 4)
-        ):
-            raise ValueError(
-                f"reference_points must be [B={bs}, Q={num_query}, 1 or {self.num_levels}, 2 or 4], "
-                f"got {tuple(reference_points.shape)}"
-            )
 
         value = self.value_proj(value)
         if value_mask is not None:

@@ -61,6 +61,21 @@ if _HAVE_TRITON:
         else:
             return h3, w3, s3
 
+    @triton.jit
+    def _sample_point(loc_ptr, attw_ptr, idx, mask, wf, hf):
+        """Load point ``idx`` (location x, y and attention weight) and return its bilinear cell: the integer
+        top-left corner (x0, y0), the fractions (fx, fy) and the weight. Pixel coordinates are those of
+        grid_sample(align_corners=False); they are clamped so that the int conversion is safe (points that far
+        outside read only zeros either way)."""
+        x = tl.load(loc_ptr + 2 * idx, mask=mask, other=0.0).to(tl.float32)
+        y = tl.load(loc_ptr + 2 * idx + 1, mask=mask, other=0.0).to(tl.float32)
+        w = tl.load(attw_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+        xp = tl.minimum(tl.maximum(x * wf - 0.5, -2.0), wf + 1.0)
+        yp = tl.minimum(tl.maximum(y * hf - 0.5, -2.0), hf + 1.0)
+        x0f = tl.floor(xp)
+        y0f = tl.floor(yp)
+        return x0f.to(tl.int32), y0f.to(tl.int32), xp - x0f, yp - y0f, w
+
     @triton.jit(do_not_specialize=_RUNTIME_INTS)
     def _msda_fwd_kernel(
         value_ptr, loc_ptr, attw_ptr, out_ptr,
@@ -85,19 +100,7 @@ if _HAVE_TRITON:
             hf = height * 1.0
             for p in tl.static_range(NUM_POINTS):
                 idx = (qh * NUM_LEVELS + l) * NUM_POINTS + p
-                x = tl.load(loc_ptr + 2 * idx, mask=q_mask, other=0.0).to(tl.float32)
-                y = tl.load(loc_ptr + 2 * idx + 1, mask=q_mask, other=0.0).to(tl.float32)
-                w = tl.load(attw_ptr + idx, mask=q_mask, other=0.0).to(tl.float32)
-                # pixel coordinates of grid_sample(align_corners=False); clamped so that the int conversion is
-                # safe (points that far outside read only zeros either way)
-                xp = tl.minimum(tl.maximum(x * wf - 0.5, -2.0), wf + 1.0)
-                yp = tl.minimum(tl.maximum(y * hf - 0.5, -2.0), hf + 1.0)
-                x0f = tl.floor(xp)
-                y0f = tl.floor(yp)
-                fx = xp - x0f
-                fy = yp - y0f
-                x0 = x0f.to(tl.int32)
-                y0 = y0f.to(tl.int32)
+                x0, y0, fx, fy, w = _sample_point(loc_ptr, attw_ptr, idx, q_mask, wf, hf)
                 for corner in tl.static_range(4):
                     dx = corner % 2  # 0: left column, 1: right column (compile-time)
                     dy = corner // 2
@@ -137,17 +140,7 @@ if _HAVE_TRITON:
             hf = height * 1.0
             for p in tl.static_range(NUM_POINTS):
                 idx = (qh * NUM_LEVELS + l) * NUM_POINTS + p
-                x = tl.load(loc_ptr + 2 * idx, mask=q_mask, other=0.0).to(tl.float32)
-                y = tl.load(loc_ptr + 2 * idx + 1, mask=q_mask, other=0.0).to(tl.float32)
-                w = tl.load(attw_ptr + idx, mask=q_mask, other=0.0).to(tl.float32)
-                xp = tl.minimum(tl.maximum(x * wf - 0.5, -2.0), wf + 1.0)
-                yp = tl.minimum(tl.maximum(y * hf - 0.5, -2.0), hf + 1.0)
-                x0f = tl.floor(xp)
-                y0f = tl.floor(yp)
-                fx = xp - x0f
-                fy = yp - y0f
-                x0 = x0f.to(tl.int32)
-                y0 = y0f.to(tl.int32)
+                x0, y0, fx, fy, w = _sample_point(loc_ptr, attw_ptr, idx, q_mask, wf, hf)
                 grad_w = tl.zeros([BLOCK_Q], dtype=tl.float32)
                 grad_fx = tl.zeros([BLOCK_Q], dtype=tl.float32)
                 grad_fy = tl.zeros([BLOCK_Q], dtype=tl.float32)

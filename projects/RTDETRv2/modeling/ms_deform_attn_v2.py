@@ -15,8 +15,8 @@ What differs from the v1 :class:`~neo_rtdetr.modeling.decoder.ms_deform_attn.MSD
   is clamped to ``W_l - 1``. (``floor(v + 0.5)`` equals the official ``int(v + 0.5)`` after the clamp.)
 
 Sampling kernels: with equal points per level and ``method="default"`` the module calls
-``self.ms_deformable_attn_core`` (the library's :func:`multi_scale_deformable_attention` unless swapped for a faster
-function with the same signature) once with the v1 layout ``[B, Q, nH, L, P, 2]``. With ragged points it calls the
+``self.ms_deformable_attn_core`` (the library's default core: the Triton kernels on CUDA, the PyTorch reference
+:func:`multi_scale_deformable_attention` elsewhere; any function with the same signature can be swapped in) once with the v1 layout ``[B, Q, nH, L, P, 2]``. With ragged points it calls the
 same core once per level (``L = 1``, ``P = P_l``) and sums the levels, so a swapped kernel serves that path too.
 """
 
@@ -28,11 +28,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from neo_rtdetr.modeling.decoder.ms_deform_attn import (
-    SpatialShapes,
-    multi_scale_deformable_attention,
-    spatial_shapes_as_list,
-)
+from neo_rtdetr.modeling.decoder.ms_deform_attn import SpatialShapes, check_attention_inputs, spatial_shapes_as_list
+from neo_rtdetr.modeling.decoder.ms_deform_attn_triton import ms_deform_attn_core
 
 __all__ = ["MSDeformableAttentionV2", "discrete_deformable_attention", "points_per_level", "SAMPLING_METHODS"]
 
@@ -178,8 +175,9 @@ class MSDeformableAttentionV2(nn.Module):
         self.value_proj = nn.Linear(embed_dim, embed_dim)
         self.output_proj = nn.Linear(embed_dim, embed_dim)
 
-        # swappable bilinear core with the library's signature (a function, not a submodule: no state-dict entries)
-        self.ms_deformable_attn_core = multi_scale_deformable_attention
+        # swappable bilinear core with the library's signature (a function, not a submodule: no state-dict entries);
+        # the library default: the Triton kernels on CUDA, the PyTorch reference elsewhere
+        self.ms_deformable_attn_core = ms_deform_attn_core
         self._reset_parameters()
         if method == "discrete":
             self.sampling_offsets.requires_grad_(False)
@@ -213,21 +211,7 @@ class MSDeformableAttentionV2(nn.Module):
         nn.init.constant_(self.output_proj.bias, 0.0)
 
     def _check_inputs(self, query: Tensor, reference_points: Tensor, value: Tensor, spatial_shapes) -> List:
-        if query.dim() != 3 or query.shape[-1] != self.embed_dim:
-            raise ValueError(f"query must be [B, Q, {self.embed_dim}], got {tuple(query.shape)}")
-        if value.dim() != 3 or value.shape[-1] != self.embed_dim or value.shape[0] != query.shape[0]:
-            raise ValueError(f"value must be [B={query.shape[0]}, S, {self.embed_dim}], got {tuple(value.shape)}")
-        bs, num_query, _ = query.shape
-        if (
-            reference_points.dim() != 4
-            or reference_points.shape[:2] != (bs, num_query)
-            or reference_points.shape[2] not in (1, self.num_levels)
-            or reference_points.shape[3] not in (2, 4)
-        ):
-            raise ValueError(
-                f"reference_points must be [B={bs}, Q={num_query}, 1 or {self.num_levels}, 2 or 4], "
-                f"got {tuple(reference_points.shape)}"
-            )
+        check_attention_inputs(query, reference_points, value, embed_dim=self.embed_dim, num_levels=self.num_levels)
         shapes = spatial_shapes_as_list(spatial_shapes)
         if len(shapes) != self.num_levels:
             raise ValueError(f"{len(shapes)} spatial shapes for an attention over {self.num_levels} levels")
