@@ -189,7 +189,8 @@ def bench_train(args, cfg_model, device, record):
                 except Exception as e:  # a compile failure is a result to report, not a reason to stop the run
                     if not variant.startswith("compile"):
                         raise
-                    print(f"train step ({variant}) {prec} {h}x{w}: FAILED {type(e).__name__}: {str(e)[:300]}", flush=True)
+                    print(f"train step ({variant}) {prec} {h}x{w}: FAILED {type(e).__name__}: {str(e)[:300]}",
+                          flush=True)
                 if args.profile_train and variant == "default":
                     _profile(train_step, device, args.profile_train, f"{variant} {prec} {h}x{w}")
         del model, opt

@@ -166,15 +166,12 @@ class HungarianMatcher(nn.Module):
         labels = targets.labels.clamp(0, pred_logits.shape[-1] - 1)  # padded slots hold -1
         cost = self.pairwise_cost(pred_logits, pred_boxes, labels.unsqueeze(0), targets.boxes.unsqueeze(0))
         cost = cost.float()  # [M, B, Q, N_max]
-        if cost.device.type == "cpu":
-            return PendingMatch(cost, None, targets.sizes, num_sets, num_queries)
+        if cost.device.type != "cuda":  # the CPU (nothing to wait for) and other accelerators (a plain copy)
+            return PendingMatch(cost.cpu(), None, targets.sizes, num_sets, num_queries)
         host = torch.empty(cost.shape, dtype=cost.dtype, pin_memory=True)
         host.copy_(cost, non_blocking=True)
-        event = torch.cuda.Event() if cost.device.type == "cuda" else None
-        if event is not None:
-            event.record()
-        else:  # other accelerators: no event API assumed, copy synchronously
-            host.copy_(cost)
+        event = torch.cuda.Event()
+        event.record()
         return PendingMatch(host, event, targets.sizes, num_sets, num_queries)
 
     @torch.no_grad()

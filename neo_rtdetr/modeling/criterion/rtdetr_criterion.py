@@ -21,12 +21,11 @@ the step has one host synchronisation (the cost matrices) when the targets were 
 import contextlib
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-import numpy as np
 
 from ..layers.box_ops import box_cxcywh_to_xyxy, elementwise_box_iou, elementwise_generalized_box_iou
 from .matcher import PaddedTargets
@@ -38,7 +37,6 @@ _DEFAULT_WEIGHTS = {"loss_vfl": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0}
 # Tolerance for "normalised" target boxes (cxcywh must lie in [0, 1]).
 _BOX_EPS = 1e-3
 
-Indices = List[Tuple[Tensor, Tensor]]
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -176,7 +174,8 @@ class RTDETRCriterion(nn.Module):
         all_pos = torch.cat([p.reshape(-1) for p in pos])
         # value check on the host only: on an accelerator it would cost a synchronisation per step (the indices
         # come from the denoising module, whose shapes were checked above)
-        if all_pos.device.type == "cpu" and all_pos.numel() > 0 and bool(((all_pos < 0) | (all_pos >= num_dn_queries)).any()):
+        on_host = all_pos.device.type == "cpu"
+        if on_host and all_pos.numel() > 0 and bool(((all_pos < 0) | (all_pos >= num_dn_queries)).any()):
             raise ValueError(f"RTDETRCriterion: dn_positive_idx must index the {num_dn_queries} dn queries")
 
     # ------------------------------------------------------------------ helpers
@@ -243,12 +242,12 @@ class RTDETRCriterion(nn.Module):
         return loss_vfl, loss_bbox, loss_giou
 
     def _weighted(self, vfl: Tensor, l1: Tensor, giou: Tensor, suffixes: Sequence[str]) -> Dict[str, Tensor]:
+        """``{loss_<term><suffix>: weighted value}`` from per-set vectors (one multiply per term, views after)."""
         w = self.weight_dict
         out = {}
-        for i, suffix in enumerate(suffixes):
-            out["loss_vfl" + suffix] = vfl[i] * w["loss_vfl"]
-            out["loss_bbox" + suffix] = l1[i] * w["loss_bbox"]
-            out["loss_giou" + suffix] = giou[i] * w["loss_giou"]
+        for term, values in (("loss_vfl", vfl), ("loss_bbox", l1), ("loss_giou", giou)):
+            for suffix, value in zip(suffixes, (values * w[term]).unbind()):
+                out[term + suffix] = value
         return out
 
     @staticmethod
@@ -321,7 +320,8 @@ class RTDETRCriterion(nn.Module):
         padded = PaddedTargets.from_list(targets, device)
 
         # Hungarian-matched sets, grouped by query count (normally one group: the decoder layers and the encoder)
-        matched = [("", outputs)] + [(f"_aux_{i}", o) for i, o in enumerate(aux)] + [(f"_enc_{i}", o) for i, o in enumerate(enc)]
+        matched = [("", outputs)]
+        matched += [(f"_aux_{i}", o) for i, o in enumerate(aux)] + [(f"_enc_{i}", o) for i, o in enumerate(enc)]
         groups: Dict[int, List[Tuple[str, Dict[str, Tensor]]]] = {}
         for suffix, o in matched:
             groups.setdefault(o["pred_logits"].shape[1], []).append((suffix, o))
@@ -336,8 +336,8 @@ class RTDETRCriterion(nn.Module):
                 match = [self.matcher(o, targets) for _, o in members]
             pending.append(([suffix for suffix, _ in members], logits, boxes, match))
 
-        losses: Dict[str, Tensor] = {}
         # the denoising losses need no matching: queue them while the host solves the assignments
+        dn_losses: Dict[str, Tensor] = {}
         if dn:
             dn_logits = torch.stack([o["pred_logits"] for o in dn])
             dn_boxes = torch.stack([o["pred_boxes"] for o in dn])
@@ -346,20 +346,16 @@ class RTDETRCriterion(nn.Module):
             dn_losses = self._weighted(
                 *self._set_losses(dn_logits, dn_boxes, pairs, padded, dn_num_boxes), [f"_dn_{i}" for i in range(len(dn))]
             )
+        matched_losses: Dict[str, Tensor] = {}
         for suffixes, logits, boxes, match in pending:
             indices = match.result() if hasattr(match, "result") else match
             pairs = self._matched_pairs(indices, device)
-            losses.update(self._weighted(*self._set_losses(logits, boxes, pairs, padded, num_boxes), suffixes))
-        # key order as before: main, aux, enc, dn
-        losses = {k: losses[k] for k in sorted(losses, key=lambda k: self._key_order(k, matched))}
-        if dn:
-            losses.update(dn_losses)
+            matched_losses.update(self._weighted(*self._set_losses(logits, boxes, pairs, padded, num_boxes), suffixes))
+        # key order: main, aux, enc (the order of `matched`, whatever the grouping), then dn
+        losses = {
+            term + suffix: matched_losses[term + suffix]
+            for suffix, _ in matched
+            for term in ("loss_vfl", "loss_bbox", "loss_giou")
+        }
+        losses.update(dn_losses)
         return losses
-
-    @staticmethod
-    def _key_order(key: str, matched) -> Tuple[int, int]:
-        for rank, (suffix, _) in enumerate(matched):
-            for t, term in enumerate(("loss_vfl", "loss_bbox", "loss_giou")):
-                if key == term + suffix:
-                    return rank, t
-        return len(matched), 0

@@ -187,7 +187,7 @@ def _launch_meta(head_dim: int) -> Tuple[int, int]:
 @torch.library.custom_op("neo_rtdetr::ms_deform_attn", mutates_args=())
 def _msda_op(value: Tensor, shapes: List[int], sampling_locations: Tensor, attention_weights: Tensor) -> Tensor:
     bs, num_values, num_heads, head_dim = value.shape
-    num_queries, num_levels, num_points = sampling_locations.shape[1], sampling_locations.shape[3], sampling_locations.shape[4]
+    _, num_queries, _, num_levels, num_points, _ = sampling_locations.shape
     value = value.contiguous()
     loc = sampling_locations.contiguous()
     attw = attention_weights.contiguous()
@@ -213,7 +213,7 @@ def _msda_backward_op(
     grad_output: Tensor, value: Tensor, shapes: List[int], sampling_locations: Tensor, attention_weights: Tensor
 ) -> Tuple[Tensor, Tensor, Tensor]:
     bs, num_values, num_heads, head_dim = value.shape
-    num_queries, num_levels, num_points = sampling_locations.shape[1], sampling_locations.shape[3], sampling_locations.shape[4]
+    _, num_queries, _, num_levels, num_points, _ = sampling_locations.shape
     value = value.contiguous()
     loc = sampling_locations.contiguous()
     attw = attention_weights.contiguous()
