@@ -75,31 +75,46 @@ class ModelEMA:
         """Move the EMA one step towards ``model`` (call once per optimizer step)."""
         self.updates += 1
         d = self.decay_at(self.updates)
-        model_state = unwrap_model(model).state_dict()
-        ema_state = self.module.state_dict()
-        if ema_state:
-            key = next(iter(ema_state))
-            if ema_state[key].device != model_state[key].device:
-                # The model was moved after the EMA was built: move the EMA once, not every step.
-                logger.info(f"ModelEMA: moving the EMA copy to {model_state[key].device}, like the model.")
-                self.module.to(model_state[key].device)
-                ema_state = self.module.state_dict()
-        ema_floats, model_floats = [], []
-        for k, v in ema_state.items():
-            if v.dtype.is_floating_point:
-                src = model_state[k].detach()
-                if src.device != v.device:
-                    src = src.to(v.device)
-                ema_floats.append(v)
-                model_floats.append(src.to(v.dtype) if src.dtype != v.dtype else src)
+        ema_floats, model_floats = self._float_pairs(unwrap_model(model))
         if not ema_floats:
             return
-        if hasattr(torch, "_foreach_mul_") and hasattr(torch, "_foreach_add_"):
+        if hasattr(torch, "_foreach_lerp_"):
+            torch._foreach_lerp_(ema_floats, model_floats, 1.0 - d)  # ema + (1 - d) * (model - ema)
+        else:  # pragma: no cover - old torch
             torch._foreach_mul_(ema_floats, d)
             torch._foreach_add_(ema_floats, model_floats, alpha=1.0 - d)
-        else:  # pragma: no cover - very old torch
-            for v, m in zip(ema_floats, model_floats):
-                v.mul_(d).add_(m, alpha=1.0 - d)
+
+    def _float_pairs(self, model: nn.Module):
+        """The floating-point state entries of the EMA and of ``model``, paired by state-dict key.
+
+        ``state_dict()`` of a detector walks every module and detaches every tensor (milliseconds of host
+        time per call, every step). The keys and their owning modules are resolved once per tracked model;
+        each step then reads the current tensor objects from the owners' ``_parameters``/``_buffers``, so a
+        parameter or buffer that was reassigned since is still tracked.
+        """
+        if getattr(self, "_owners_of", None) is not model:
+            model_state = model.state_dict()
+            ema_state = self.module.state_dict()
+            if ema_state:
+                key = next(iter(ema_state))
+                if ema_state[key].device != model_state[key].device:
+                    # The model was moved after the EMA was built: move the EMA once, not every step.
+                    logger.info(f"ModelEMA: moving the EMA copy to {model_state[key].device}, like the model.")
+                    self.module.to(model_state[key].device)
+            self._owners = [
+                (_owner(self.module, k), _owner(model, k)) for k, v in self.module.state_dict().items()
+                if v.dtype.is_floating_point
+            ]
+            self._owners_of = model
+        ema_floats, model_floats = [], []
+        for (ema_mod, ema_dict, name), (mod, model_dict, model_name) in self._owners:
+            v = getattr(ema_mod, ema_dict)[name]
+            src = getattr(mod, model_dict)[model_name].detach()
+            if src.device != v.device or src.dtype != v.dtype:
+                src = src.to(device=v.device, dtype=v.dtype)
+            ema_floats.append(v.detach())
+            model_floats.append(src)
+        return ema_floats, model_floats
 
     @torch.no_grad()
     def copy_from(self, model: nn.Module) -> None:
@@ -126,6 +141,17 @@ class ModelEMA:
                     f"{key}={getattr(self, key)}."
                 )
         logger.info(f"ModelEMA: loaded EMA weights after {self.updates} updates.")
+
+
+def _owner(module: nn.Module, key: str):
+    """(submodule, "_parameters" or "_buffers", attribute name) that holds state-dict entry ``key``."""
+    *path, name = key.split(".")
+    owner = module.get_submodule(".".join(path)) if path else module
+    if name in owner._parameters:
+        return owner, "_parameters", name
+    if name in owner._buffers:
+        return owner, "_buffers", name
+    raise KeyError(f"ModelEMA: state-dict entry {key!r} is neither a parameter nor a buffer of its module")
 
 
 class EMAHook(HookBase):

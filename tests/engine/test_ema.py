@@ -124,3 +124,18 @@ def test_ema_state_survives_save_and_resume(tmp_path):
     # the resumed EMA is not overwritten from the model at before_train
     hook2.before_train()
     assert all(torch.equal(v, saved[k]) for k, v in ema2.module.state_dict().items())
+
+
+def test_ema_tracks_tensors_reassigned_after_the_first_update():
+    """The per-step path caches where each entry lives, not the tensor objects: a buffer or parameter that is
+    replaced between updates (e.g. a re-registered anchor buffer) is still what the EMA moves towards."""
+    model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    ema = ModelEMA(model, decay=0.5, warmups=0)
+    ema.update(model)
+    model[1].running_mean = torch.full((2,), 4.0)
+    model[0].weight = nn.Parameter(torch.full((2, 2), 2.0))
+    before_mean = ema.module[1].running_mean.clone()
+    before_w = ema.module[0].weight.clone()
+    ema.update(model)
+    torch.testing.assert_close(ema.module[1].running_mean, 0.5 * before_mean + 0.5 * 4.0)
+    torch.testing.assert_close(ema.module[0].weight, 0.5 * before_w + 0.5 * 2.0)
