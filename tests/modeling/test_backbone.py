@@ -11,6 +11,7 @@ from detectron2.modeling import Backbone
 from torch import nn
 
 from neo_rtdetr.modeling.backbone.presnet import PResNet
+from neo_rtdetr.modeling.layers.avg_pool import AvgPool2x2
 from neo_rtdetr.modeling.layers.conv_norm import ConvNormLayer, get_activation
 from neo_rtdetr.modeling.layers.frozen_batch_norm import FrozenBatchNorm2d
 
@@ -129,7 +130,7 @@ def test_module_names_match_official_layout():
     assert not any("num_batches_tracked" in k for k in k50)  # frozen BN
     # vd shortcut and stride placement
     short = r50.res_layers[1].blocks[0].short
-    assert isinstance(short.pool, nn.AvgPool2d) and short.pool.ceil_mode and short.pool.kernel_size == 2
+    assert isinstance(short.pool, AvgPool2x2)  # = nn.AvgPool2d(2, 2, 0, ceil_mode=True), see test_avg_pool.py
     assert short.conv.conv.stride == (1, 1)
     assert r50.res_layers[1].blocks[0].branch2a.conv.stride == (1, 1)
     assert r50.res_layers[1].blocks[0].branch2b.conv.stride == (2, 2)

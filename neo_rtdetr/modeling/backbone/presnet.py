@@ -15,6 +15,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import Backbone
 from torch import Tensor, nn
 
+from ..layers.avg_pool import AvgPool2x2
 from ..layers.conv_norm import ConvNormLayer, get_activation
 from ..layers.frozen_batch_norm import freeze_batch_norm
 
@@ -28,14 +29,14 @@ _STAGE_WIDTHS = (64, 128, 256, 512)
 def _projection(ch_in: int, ch_out: int, stride: int, variant: str) -> nn.Module:
     """Projection shortcut of a stage's first block.
 
-    Variant ``d`` with stride 2: ``AvgPool2d(2, 2, ceil_mode=True)`` then a 1x1 stride-1 ConvNormLayer
+    Variant ``d`` with stride 2: ``AvgPool2d(2, 2, ceil_mode=True)`` (as :class:`AvgPool2x2`) then a 1x1 stride-1 ConvNormLayer
     (keys ``short.conv.{conv,norm}``); otherwise a 1x1 stride-``stride`` ConvNormLayer (``short.{conv,norm}``).
     """
     if variant == "d" and stride == 2:
         return nn.Sequential(
             OrderedDict(
                 [
-                    ("pool", nn.AvgPool2d(2, 2, 0, ceil_mode=True)),
+                    ("pool", AvgPool2x2()),
                     ("conv", ConvNormLayer(ch_in, ch_out, 1, 1)),
                 ]
             )
