@@ -24,6 +24,9 @@ import platform
 import sys
 import tempfile
 
+# like the other tools: runnable from a checkout without installing the package
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
