@@ -63,6 +63,8 @@ class FastInference(nn.Module):
         cuda_graphs: capture and replay CUDA graphs (CUDA only; ignored on other devices).
         max_graphs: number of input shapes whose graphs are kept.
         warmup: eager runs before each capture.
+        compile: run the network and the top-k through ``torch.compile`` (static shapes: one compilation per input
+            shape, minutes for R50; element-wise operations fused between the convolutions).
     """
 
     def __init__(
@@ -74,6 +76,7 @@ class FastInference(nn.Module):
         cuda_graphs: bool = True,
         max_graphs: int = 8,
         warmup: int = 3,
+        compile: bool = False,
     ):
         super().__init__()
         for attr in ("forward_network", "select_topk", "convert_to_deploy", "preprocess_image"):
@@ -101,6 +104,8 @@ class FastInference(nn.Module):
         self._scales: Dict[tuple, Tensor] = {}
         super().train(False)  # inference-only: .training is False from the start
         self._pool = None
+        self.compiled = bool(compile)
+        self._detect_fn = torch.compile(self._network_core, dynamic=False) if self.compiled else self._network_core
 
     @property
     def device(self) -> torch.device:
@@ -115,9 +120,13 @@ class FastInference(nn.Module):
     def _network(self, x: Tensor) -> Detections:
         """x: [B, 3, H, W] normalised, padded -> (scores [B, k], labels [B, k], boxes [B, k, 4] xyxy pixels of x)."""
         x = x.to(self.dtype, memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
-        out = self.net.forward_network(x)
-        scores, labels, boxes = self.net.select_topk(out["pred_logits"], out["pred_boxes"])
+        scores, labels, boxes = self._detect_fn(x)
         return scores, labels, boxes * self._box_scale(x.shape[-2], x.shape[-1], boxes)
+
+    def _network_core(self, x: Tensor) -> Detections:
+        """Network and top-k; boxes normalised xyxy. What ``compile=True`` compiles."""
+        out = self.net.forward_network(x)
+        return self.net.select_topk(out["pred_logits"], out["pred_boxes"])
 
     def _box_scale(self, height: int, width: int, like: Tensor) -> Tensor:
         """(W, H, W, H) on the device, made once per size outside graph capture (no host copy inside a graph)."""

@@ -111,3 +111,21 @@ def test_detect_tensor_api_and_argument_checks():
     fast.eval()  # what detectron2's inference_context does, before and after
     with pytest.raises(RuntimeError, match="inference-only"):
         fast.train()
+
+
+def test_compiled_fast_inference_equals_the_model():
+    """``compile=True`` (torch.compile with the default inductor backend, here its CPU code generator) computes the
+    model's detections; the GPU speed-up is measured by tools/benchmark.py (mode compiled_net)."""
+    model = _model()
+    batch = _inputs(n=1, size=(64, 64))
+    with torch.no_grad():
+        ref = model(copy.deepcopy(batch))[0]["instances"]
+    fast = FastInference(model, dtype=torch.float32, compile=True)
+    assert fast.compiled
+    torch._dynamo.utils.counters.clear()
+    got = fast(batch)[0]["instances"]
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # the network really went through dynamo
+    assert len(got) == len(ref) > 0
+    torch.testing.assert_close(got.scores, ref.scores, rtol=0, atol=1e-4)
+    assert torch.equal(got.pred_classes, ref.pred_classes)
+    torch.testing.assert_close(got.pred_boxes.tensor, ref.pred_boxes.tensor, rtol=0, atol=1e-2)

@@ -98,3 +98,14 @@ def test_built_in_inference_mode_is_usable_for_autograd():
     x = torch.randn(1, 21, 8, requires_grad=True)
     (x * build_2d_sincos_position_embedding(3, 7, 8, 123.0, device="cpu")).sum().backward()  # saves pos for backward
     assert torch.equal(x.grad, pos.expand_as(x))
+
+
+def test_under_torch_compile_the_embedding_is_built_in_the_graph_with_the_same_values():
+    """torch.compile does not trace the cache: the constant is computed inside the compiled graph, on the
+    requested device (a host constant would be copied every call and breaks CUDA-graph capture)."""
+    import torch
+
+    from neo_rtdetr.modeling.encoder.position_embedding import build_2d_sincos_position_embedding as pe
+
+    fn = torch.compile(lambda: pe(3, 5, 16, device="cpu"), backend="eager", fullgraph=True)
+    torch.testing.assert_close(fn(), pe(3, 5, 16, device="cpu"), rtol=0, atol=0)

@@ -22,13 +22,15 @@ from ..layers.tracing import is_graph_capture
 __all__ = ["build_2d_sincos_position_embedding"]
 
 
-def _compute(height: int, width: int, dim: int, temperature: float) -> Tensor:
-    """The float32 embedding ``[1, H*W, dim]`` (no caching)."""
+def _compute(height: int, width: int, dim: int, temperature: float, device=None) -> Tensor:
+    """The float32 embedding ``[1, H*W, dim]`` (no caching), computed on ``device`` (default CPU)."""
     pos_dim = dim // 4
-    omega = torch.arange(pos_dim, dtype=torch.float32) / pos_dim
+    omega = torch.arange(pos_dim, dtype=torch.float32, device=device) / pos_dim
     omega = 1.0 / (temperature**omega)  # [dim/4]
     grid_y, grid_x = torch.meshgrid(
-        torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32), indexing="ij"
+        torch.arange(height, dtype=torch.float32, device=device),
+        torch.arange(width, dtype=torch.float32, device=device),
+        indexing="ij",
     )  # [H, W] each; token t = r * W + c has y = r, x = c
     out_y = grid_y.flatten()[:, None] * omega[None]  # [H*W, dim/4]
     out_x = grid_x.flatten()[:, None] * omega[None]
@@ -76,6 +78,10 @@ def build_2d_sincos_position_embedding(
     if height <= 0 or width <= 0:
         raise ValueError(f"height and width must be positive, got {height}x{width}")
     device = torch.device("cpu") if device is None else torch.device(device)
+    if torch.compiler.is_compiling():
+        # torch.compile does not trace through the cache: build the constant on the device inside the compiled
+        # graph (a host tensor would be copied to the device at every call, and cannot be inside a CUDA graph)
+        return _compute(int(height), int(width), int(dim), float(temperature), device).to(dtype=dtype)
     if is_graph_capture():
         # ONNX / torch.export tracing: build it in the graph (the exporters fold it into a constant) and keep
         # traced or fake tensors out of the cache; same computation, same values
