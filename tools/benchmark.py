@@ -16,7 +16,7 @@ Rows:
   or fp32. ``fast``: :class:`~neo_rtdetr.engine.fast_inference.FastInference` (deployed bf16/fp32 copy,
   channels-last, CUDA graphs), same contract. ``fast net``: its network + top-k on a normalised float batch (what
   an exported model runs; comparable with HF, which also takes a float ``pixel_values`` batch and returns raw
-  outputs).
+  outputs). ``compiled net``: the same with ``FastInference(compile=True)`` (``torch.compile`` inside the graphs).
 * ``HF transformers``: ``RTDetrForObjectDetection`` (r50vd, random weights) on a float batch.
 
 ``--accuracy-*``: evaluates a trained checkpoint on its config's test set with the fp32 eager model (the
@@ -54,7 +54,7 @@ def parse_args(argv=None):
     p.add_argument("--train-precisions", default="bf16")
     p.add_argument("--infer-batches", default="1,8,32")
     p.add_argument("--precisions", default="bf16,fp32", help="inference precisions")
-    p.add_argument("--modes", default="eager,fast,fast_net", help="inference paths")
+    p.add_argument("--modes", default="eager,fast,fast_net", help="inference paths (also: compiled_net)")
     p.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN autotune its convolution algorithms")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--iters", type=int, default=20)
@@ -64,7 +64,10 @@ def parse_args(argv=None):
     p.add_argument("--accuracy-config", default=None, help="config of a trained model (its test set is used)")
     p.add_argument("--accuracy-checkpoint", default=None)
     p.add_argument("--accuracy-max-images", type=int, default=0, help="0 = the whole test set")
-    p.add_argument("--profile-train", default=None, help="write a profiler table of one train step here")
+    p.add_argument("--accuracy-compiled", action="store_true",
+                   help="also FastInference(compile=True) (compiles once per test-image shape: slow to start)")
+    p.add_argument("--profile-train", default=None, help="write a profiler table of the train step here")
+    p.add_argument("--profile-infer", default=None, help="write a kernel table of the deployed network (eager) here")
     p.add_argument("--baseline-json", default=None, help="add a ratio column against this earlier result")
     p.add_argument("--output", default="benchmark.json")
     return p.parse_args(argv)
@@ -170,9 +173,11 @@ def bench_train(args, cfg_model, device, record):
                         losses = model(batch)
                     loss = torch.stack(list(losses.values())).sum()
                     opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(params, 0.1)
-                    opt.step()
+                    with torch.profiler.record_function("## backward"):
+                        loss.backward()
+                    with torch.profiler.record_function("## clip + optimizer"):
+                        torch.nn.utils.clip_grad_norm_(params, 0.1)
+                        opt.step()
 
                 try:
                     if variant.startswith("compile"):  # compile outside the timed warm-up, and say how long it took
@@ -192,29 +197,89 @@ def bench_train(args, cfg_model, device, record):
                     print(f"train step ({variant}) {prec} {h}x{w}: FAILED {type(e).__name__}: {str(e)[:300]}",
                           flush=True)
                 if args.profile_train and variant == "default":
-                    _profile(train_step, device, args.profile_train, f"{variant} {prec} {h}x{w}")
+                    _profile(train_step, device, args.profile_train, f"{variant} {prec} {h}x{w}", model)
         del model, opt
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
 
-def _profile(step, device, path, title):
+def _phase_markers(model):
+    """Forward hooks that open a profiler range ("## backbone", ...) around each top-level part of the model."""
+    import torch
+
+    handles = []
+    for name in ("backbone", "encoder", "decoder", "criterion"):
+        module = getattr(model, name, None)
+        if module is None:
+            continue
+        ranges = []
+
+        def pre(_m, _args, _name=name, _ranges=ranges):
+            r = torch.profiler.record_function(f"## {_name}")
+            r.__enter__()
+            _ranges.append(r)
+
+        def post(_m, _args, _out, _ranges=ranges):
+            _ranges.pop().__exit__(None, None, None)
+
+        handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+    return handles
+
+
+def _profile(step, device, path, title, model=None):
+    """Profile 3 steps: per-phase host and device time, kernel launches per step, and the top operators."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     step()
     _sync(device)
-    with profile(activities=activities) as prof:
-        for _ in range(3):
-            step()
-        _sync(device)
+    handles = _phase_markers(model) if model is not None else []
+    try:
+        with profile(activities=activities) as prof:
+            for _ in range(3):
+                step()
+            _sync(device)
+    finally:
+        for h in handles:
+            h.remove()
+    averages = prof.key_averages()
+    lines = [f"==== {title}: per step (mean of 3)", f"{'phase / op':<28}{'host ms':>10}{'calls':>8}"]
+    for evt in averages:
+        if evt.key.startswith("## ") or evt.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaMemcpyAsync",
+                                                    "cudaStreamSynchronize", "cudaDeviceSynchronize"):
+            lines.append(f"{evt.key:<28}{evt.cpu_time_total / 3e3:>10.2f}{evt.count / 3:>8.0f}")
+    device_ms = sum(e.self_device_time_total for e in averages if e.device_type.name == "CUDA") / 3e3 \
+        if device.type == "cuda" else float("nan")
+    lines.append(f"{'device (sum of kernels)':<28}{device_ms:>10.2f}")
     sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
     with open(path, "a") as f:
+        f.write("\n".join(lines) + "\n")
         f.write(f"==== {title}: 3 steps, sorted by {sort}\n")
-        f.write(prof.key_averages().table(sort_by=sort, row_limit=40) + "\n")
-        f.write(f"==== {title}: sorted by cpu_time_total\n")
-        f.write(prof.key_averages().table(sort_by="cpu_time_total", row_limit=25) + "\n")
+        f.write(averages.table(sort_by=sort, row_limit=40) + "\n")
+        f.write(f"==== {title}: sorted by self_cpu_time_total\n")
+        f.write(averages.table(sort_by="self_cpu_time_total", row_limit=40) + "\n")
+    print("\n".join(lines), flush=True)
+
+
+def _profile_infer(fast, batch, device, path, title):
+    """Kernel time of the deployed network run eagerly (the kernels its CUDA graph replays), 3 calls."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    x = fast.net.preprocess_image(batch).tensor
+    with torch.no_grad():
+        fast._network(x)
+        _sync(device)
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=activities) as prof:
+            for _ in range(3):
+                fast._network(x)
+            _sync(device)
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    with open(path, "a") as f:
+        f.write(f"==== {title}: 3 calls, sorted by {sort}\n")
+        f.write(prof.key_averages().table(sort_by=sort, row_limit=60) + "\n")
 
 
 def bench_infer(args, cfg_model, device, record):
@@ -227,6 +292,7 @@ def bench_infer(args, cfg_model, device, record):
     modes = args.modes.split(",")
     for prec in args.precisions.split(","):
         fast = FastInference(model, dtype=dtypes[prec]) if ("fast" in modes or "fast_net" in modes) else None
+        compiled = FastInference(model, dtype=dtypes[prec], compile=True) if "compiled_net" in modes else None
         amp = prec != "fp32" and device.type == "cuda"
         for h, w in _parse_sizes(args.sizes):
             for bs in [int(b) for b in args.infer_batches.split(",")]:
@@ -243,6 +309,20 @@ def bench_infer(args, cfg_model, device, record):
                 if "fast_net" in modes:
                     x = fast.net.preprocess_image(batch).tensor
                     paths["fast net"] = lambda: fast.run_network(x)
+                if args.profile_infer and prec == "bf16" and bs == max(int(b) for b in args.infer_batches.split(",")):
+                    _profile_infer(fast or FastInference(model, dtype=dtypes[prec]), batch, device, args.profile_infer,
+                                   f"deployed network (eager, no graph) {prec} {h}x{w} bs {bs}")
+                if "compiled_net" in modes:
+                    xc = compiled.net.preprocess_image(batch).tensor
+                    t0 = time.perf_counter()
+                    try:
+                        compiled.run_network(xc)
+                        print(f"compiled net {prec} {h}x{w} bs {bs}: compile + capture "
+                              f"{time.perf_counter() - t0:.1f} s", flush=True)
+                        paths["compiled net"] = lambda: compiled.run_network(xc)
+                    except Exception as e:  # a compile failure is a result to report; the other rows still run
+                        print(f"compiled net {prec} {h}x{w} bs {bs}: FAILED {type(e).__name__}: {str(e)[:300]}",
+                              flush=True)
                 for name, fn in paths.items():
                     try:
                         t, peak = _time(fn, device, args.warmup, args.iters)
@@ -251,7 +331,7 @@ def bench_infer(args, cfg_model, device, record):
                         continue
                     record(what=f"ours {name}", precision=prec, size=f"{h}x{w}", batch=bs,
                            img_per_s=bs / t, ms_per_batch=t * 1e3, peak_gib=peak)
-        del fast
+        del fast, compiled
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -320,6 +400,8 @@ def bench_accuracy(args, device):
         "fast bf16": FastInference(model, dtype=torch.bfloat16),
         "fast fp32": FastInference(model, dtype=torch.float32),
     }
+    if args.accuracy_compiled:
+        paths["fast bf16 compiled"] = FastInference(model, dtype=torch.bfloat16, compile=True)
     outputs, results = {}, {}
     for name, m in paths.items():
         with torch.no_grad():

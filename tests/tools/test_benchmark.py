@@ -1,0 +1,38 @@
+"""tools/benchmark.py on the CPU with the tiny model: every row it promises is measured and written to JSON, the
+profiler table names the step's phases, and --baseline-json pairs each row with the earlier run's. (GPU numbers: docs/performance.md.)"""
+
+import json
+import os
+import subprocess
+import sys
+
+
+def _run(tmp_path, *extra):
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, "tools/benchmark.py", "--config-file", "configs/common/models/rtdetr_tiny.py",
+           "--sizes", "64x96", "--train-batch", "2", "--warmup", "1", "--iters", "1", "--infer-batches", "1,2",
+           "--precisions", "fp32", "--modes", "eager,fast,fast_net", "--output", str(out), *extra]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(out.read_text()), proc.stdout
+
+
+def test_rows_json_profile_and_baseline_ratios(tmp_path):
+    profile = tmp_path / "profile.txt"
+    first, stdout = _run(tmp_path, "--train-variants", "default,pytorch_msda", "--profile-train", str(profile))
+    rows = first["rows"]
+    names = {(r["what"], r["batch"]) for r in rows}
+    assert names == {("train step (default)", 2), ("train step (pytorch_msda)", 2),
+                     *((f"ours {m}", b) for m in ("eager", "fast", "fast net") for b in (1, 2))}
+    assert all(r["img_per_s"] > 0 and r["ms_per_batch"] > 0 and r["size"] == "64x96" for r in rows)
+    table = profile.read_text()
+    for phase in ("## backbone", "## encoder", "## decoder", "## criterion", "## backward", "## clip + optimizer"):
+        assert phase in table and phase in stdout
+
+    baseline = tmp_path / "base.json"
+    baseline.write_text(json.dumps(first))
+    second, _ = _run(tmp_path, "--skip-train", "--baseline-json", str(baseline))
+    before = {(r["what"], r["batch"]): r["img_per_s"] for r in rows}
+    assert len(second["rows"]) == 6
+    for r in second["rows"]:  # each row carries the earlier run's number for the same row
+        assert r["baseline_img_per_s"] == before[(r["what"], r["batch"])]
