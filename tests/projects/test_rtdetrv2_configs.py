@@ -64,6 +64,7 @@ def test_config_instantiates_and_follows_the_v2_recipe(path, synthetic_root, tmp
         assert cfg.lr_multiplier.warmup_iters == 2000
         assert cfg.train.amp.enabled and cfg.train.ema.decay == 0.9999 and cfg.train.ema.warmups == 2000
         assert cfg.train.clip_grad.max_norm == 0.1
+        assert cfg.train.sync_bn is True and cfg.model.channels_last is True  # as the v1 config of the size
     cfg = _use_small_data(cfg, synthetic_root)
     cfg.train.output_dir = str(tmp_path)
     model = instantiate(cfg.model)
