@@ -66,8 +66,8 @@ def parse_args(argv=None):
     p.add_argument("--accuracy-max-images", type=int, default=0, help="0 = the whole test set")
     p.add_argument("--accuracy-compiled", action="store_true",
                    help="also FastInference(compile=True) (compiles once per test-image shape: slow to start)")
-    p.add_argument("--profile-train", default=None, help="write a profiler table of the train step here")
-    p.add_argument("--profile-infer", default=None, help="write a kernel table of the deployed network (eager) here")
+    p.add_argument("--profile-train", default=None, help="write a profiler table of the train step here (the first --train-variants entry, every size)")
+    p.add_argument("--profile-infer", default=None, help="write a kernel table of the deployed network (eager) here (first --precisions entry, largest batch)")
     p.add_argument("--baseline-json", default=None, help="add a ratio column against this earlier result")
     p.add_argument("--output", default="benchmark.json")
     return p.parse_args(argv)
@@ -150,7 +150,8 @@ def bench_train(args, cfg_model, device, record):
     import torch
 
     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-    for variant in args.train_variants.split(","):
+    variants = args.train_variants.split(",")
+    for variant in variants:
         if variant not in TRAIN_VARIANTS:
             raise SystemExit(f"unknown train variant {variant!r}; choose from {TRAIN_VARIANTS}")
         model = _build(cfg_model, device, channels_last=variant in ("channels_last", "compile", "compile_all")).train()
@@ -189,6 +190,8 @@ def bench_train(args, cfg_model, device, record):
                     t, peak = _time(train_step, device, args.warmup, args.iters)
                     record(what=f"train step ({variant})", precision=prec, size=f"{h}x{w}", batch=args.train_batch,
                            img_per_s=args.train_batch / t, ms_per_batch=t * 1e3, peak_gib=peak)
+                    if args.profile_train and variant == variants[0]:
+                        _profile(train_step, device, args.profile_train, f"{variant} {prec} {h}x{w}", model)
                 except torch.cuda.OutOfMemoryError:
                     print(f"train step ({variant}) {prec} {h}x{w}: out of memory", flush=True)
                 except Exception as e:  # a compile failure is a result to report, not a reason to stop the run
@@ -196,8 +199,6 @@ def bench_train(args, cfg_model, device, record):
                         raise
                     print(f"train step ({variant}) {prec} {h}x{w}: FAILED {type(e).__name__}: {str(e)[:300]}",
                           flush=True)
-                if args.profile_train and variant == "default":
-                    _profile(train_step, device, args.profile_train, f"{variant} {prec} {h}x{w}", model)
         del model, opt
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -245,11 +246,15 @@ def _profile(step, device, path, title, model=None):
             h.remove()
     averages = prof.key_averages()
     lines = [f"==== {title}: per step (mean of 3)", f"{'phase / op':<28}{'host ms':>10}{'calls':>8}"]
+    host_rows = ("cudaLaunchKernel", "cuLaunchKernel", "cudaMemcpyAsync", "cudaStreamSynchronize",
+                 "cudaDeviceSynchronize")
     for evt in averages:
-        if evt.key.startswith("## ") or evt.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaMemcpyAsync",
-                                                    "cudaStreamSynchronize", "cudaDeviceSynchronize"):
+        # the "## " ranges also appear as GPU-side spans (device_type CUDA): host rows only here
+        if evt.device_type.name == "CPU" and (evt.key.startswith("## ") or evt.key in host_rows):
             lines.append(f"{evt.key:<28}{evt.cpu_time_total / 3e3:>10.2f}{evt.count / 3:>8.0f}")
-    device_ms = sum(e.self_device_time_total for e in averages if e.device_type.name == "CUDA") / 3e3 \
+    # kernel (and memcpy/memset) time only: the GPU-side spans of the "## " ranges cover gaps and overlap kernels
+    device_ms = sum(e.self_device_time_total for e in averages
+                    if e.device_type.name == "CUDA" and not e.key.startswith("## ")) / 3e3 \
         if device.type == "cuda" else float("nan")
     lines.append(f"{'device (sum of kernels)':<28}{device_ms:>10.2f}")
     sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
@@ -290,7 +295,8 @@ def bench_infer(args, cfg_model, device, record):
     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
     model = _build(cfg_model, device).eval()
     modes = args.modes.split(",")
-    for prec in args.precisions.split(","):
+    precisions = args.precisions.split(",")
+    for prec in precisions:
         fast = FastInference(model, dtype=dtypes[prec]) if ("fast" in modes or "fast_net" in modes) else None
         compiled = FastInference(model, dtype=dtypes[prec], compile=True) if "compiled_net" in modes else None
         amp = prec != "fp32" and device.type == "cuda"
@@ -309,7 +315,7 @@ def bench_infer(args, cfg_model, device, record):
                 if "fast_net" in modes:
                     x = fast.net.preprocess_image(batch).tensor
                     paths["fast net"] = lambda: fast.run_network(x)
-                if args.profile_infer and prec == "bf16" and bs == max(int(b) for b in args.infer_batches.split(",")):
+                if args.profile_infer and prec == precisions[0] and bs == max(int(b) for b in args.infer_batches.split(",")):
                     _profile_infer(fast or FastInference(model, dtype=dtypes[prec]), batch, device, args.profile_infer,
                                    f"deployed network (eager, no graph) {prec} {h}x{w} bs {bs}")
                 if "compiled_net" in modes:
@@ -367,7 +373,6 @@ def bench_accuracy(args, device):
     import torch
 
     from detectron2.config import LazyConfig, instantiate
-    from detectron2.evaluation import inference_on_dataset
 
     from neo_rtdetr.checkpoint.checkpointer import RTDETRCheckpointer
     from neo_rtdetr.data.catalog import register_datasets_from_config
@@ -404,10 +409,15 @@ def bench_accuracy(args, device):
         paths["fast bf16 compiled"] = FastInference(model, dtype=torch.bfloat16, compile=True)
     outputs, results = {}, {}
     for name, m in paths.items():
-        with torch.no_grad():
-            outputs[name] = [o["instances"].to("cpu") for b in batches for o in m(b)]
         evaluator = instantiate(cfg.dataloader.evaluator)
-        ap = inference_on_dataset(m, batches, evaluator)["bbox"]
+        evaluator.reset()
+        outputs[name] = []
+        with torch.no_grad():  # one pass per path: the same outputs feed the evaluator and the agreement
+            for b in batches:
+                out = m(b)
+                evaluator.process(b, out)
+                outputs[name] += [o["instances"].to("cpu") for o in out]
+        ap = evaluator.evaluate()["bbox"]
         results[name] = {"AP": ap["AP"], "AP50": ap["AP50"]}
     ref = outputs["eager fp32"]
     for name in paths:

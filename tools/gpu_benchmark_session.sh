@@ -28,7 +28,7 @@ if [ -n "$BASE" ]; then
   baseline=(--baseline-json "$OUT/bench_base.json"); step baseline
 fi
 timeout 300 python3 tools/benchmark.py --iters 15 --warmup 4 --train-variants default,channels_last,pytorch_msda \
-  --hf-baseline "${baseline[@]}" --output "$OUT/bench.json" > "$OUT/bench.log" 2>&1
+  --hf-baseline ${baseline[@]+"${baseline[@]}"} --output "$OUT/bench.json" > "$OUT/bench.log" 2>&1
 grep -E "img/s" "$OUT/bench.log"; step benchmark
 timeout 150 python3 tools/benchmark_data.py --config-file configs/rtdetr_r50_synthetic640_h100.py --workers 4,8,12,16 \
   --batches 20 --warmup 3 --output "$OUT/data.json" dataloader.datasets.0.num_train=256 > "$OUT/data.log" 2>&1
