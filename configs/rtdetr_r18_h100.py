@@ -17,4 +17,6 @@ dataloader.train.total_batch_size = 16
 # strong augmentations and multi-scale stop for the last epoch (v2 "stop-epoch" policy)
 dataloader.train.mapper.stop_strong_augmentation_epoch = 71
 optimizer.params.rules = _RULES
-model.channels_last = True  # NHWC convolutions: 1.03-1.16x the train step on an H200 (docs/performance.md)
+# NHWC convolutions: 1.12-1.16x the 1088x1920 train step on an H200; at 640 the runs disagree (0.74-1.16x in
+# the same run as the default layout): docs/performance.md
+model.channels_last = True
