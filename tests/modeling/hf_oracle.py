@@ -76,3 +76,41 @@ def load_hf_into(ours: nn.Module, hf: nn.Module):
     state, report = reconcile_state_dict(convert_hf_rtdetr_state_dict(hf.state_dict()), ours)
     ours.load_state_dict(state, strict=True)
     return report
+
+
+def hf_targets(n_per_image, seed: int = 0):
+    """HF-style float64 training targets: ``class_labels`` in [0, 80), normalised cxcywh ``boxes`` inside the image."""
+    g = torch.Generator().manual_seed(seed)
+    targets = []
+    for n in n_per_image:
+        cxcy = torch.rand(n, 2, generator=g, dtype=torch.float64) * 0.6 + 0.2
+        wh = torch.rand(n, 2, generator=g, dtype=torch.float64) * 0.3 + 0.05
+        targets.append({"class_labels": torch.randint(0, 80, (n,), generator=g), "boxes": torch.cat([cxcy, wh], 1)})
+    return targets
+
+
+def as_detectron2_batch(x: torch.Tensor, targets):
+    """The ``list[dict]`` our models take for HF's ``pixel_values`` in [0, 1] and ``labels``."""
+    from detectron2.structures import Instances
+
+    from neo_rtdetr.modeling.meta_arch.rtdetr import TARGET_BOXES_FIELD
+
+    batch = []
+    for image, t in zip(x, targets):
+        inst = Instances(tuple(image.shape[-2:]))
+        inst.gt_classes = t["class_labels"]
+        inst.set(TARGET_BOXES_FIELD, t["boxes"])
+        batch.append({"image": image * 255.0, "instances": inst})
+    return batch
+
+
+def hf_loss_terms(loss_dict, num_decoder_layers: int):
+    """HF's weighted loss terms under our names: HF calls the encoder (query-selection) terms
+    ``_aux_{L-1}``, we call them ``_enc_0``."""
+    rename = {f"_aux_{num_decoder_layers - 1}": "_enc_0"}
+    terms = {}
+    for k, v in loss_dict.items():
+        base = next(b for b in ("loss_vfl", "loss_bbox", "loss_giou") if k == b or k.startswith(b + "_"))
+        suffix = k[len(base):]
+        terms[base + rename.get(suffix, suffix)] = v
+    return terms

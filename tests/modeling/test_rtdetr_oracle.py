@@ -5,9 +5,7 @@ import torch
 
 from detectron2.structures import Instances
 
-from neo_rtdetr.modeling.meta_arch.rtdetr import TARGET_BOXES_FIELD
-
-from .hf_oracle import build_hf_detector, build_ours, load_hf_into
+from .hf_oracle import as_detectron2_batch, build_hf_detector, build_ours, hf_loss_terms, hf_targets, load_hf_into
 
 pytest.importorskip("transformers")
 TOL = 1e-5
@@ -81,38 +79,16 @@ def test_detectron2_inference_matches_hf_postprocessing(r18_pair):
         torch.testing.assert_close(inst.pred_boxes.tensor.double(), hf_boxes, rtol=0, atol=1e-4)
 
 
-def _targets(n_per_image, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    targets = []
-    for n in n_per_image:
-        cxcy = torch.rand(n, 2, generator=g, dtype=torch.float64) * 0.6 + 0.2
-        wh = torch.rand(n, 2, generator=g, dtype=torch.float64) * 0.3 + 0.05
-        targets.append({"class_labels": torch.randint(0, 80, (n,), generator=g), "boxes": torch.cat([cxcy, wh], 1)})
-    return targets
-
-
 @pytest.mark.parametrize("size,L", [("r18", 3), ("r50", 6)])
 def test_training_losses_equal_hf_without_denoising(size, L):
     hf, ours, _ = _pair(size, num_denoising=0)
     hf.train()
     ours.train()
     x = torch.rand(2, 3, 320, 320, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
-    labels = _targets([3, 5])
+    labels = hf_targets([3, 5])
     ref = hf(pixel_values=x, labels=labels)
-    batched = []
-    for i, t in enumerate(labels):
-        inst = Instances((320, 320))
-        inst.gt_classes = t["class_labels"]
-        inst.set(TARGET_BOXES_FIELD, t["boxes"])
-        batched.append({"image": x[i] * 255.0, "instances": inst})
-    losses = ours(batched)
-    # HF names the encoder (query-selection) terms "_aux_{L-1}"; we name them "_enc_0"
-    rename = {f"_aux_{L - 1}": "_enc_0"}
-    hf_terms = {}  # HF's loss_dict holds weighted terms, like ours
-    for k, v in ref.loss_dict.items():
-        base = next(b for b in ("loss_vfl", "loss_bbox", "loss_giou") if k == b or k.startswith(b + "_"))
-        suffix = k[len(base):]
-        hf_terms[base + rename.get(suffix, suffix)] = v
+    losses = ours(as_detectron2_batch(x, labels))
+    hf_terms = hf_loss_terms(ref.loss_dict, L)  # HF's loss_dict holds weighted terms, like ours
     assert set(hf_terms) == set(losses), (sorted(hf_terms), sorted(losses))
     assert len(losses) == 3 * (1 + (L - 1) + 1)
     for k in losses:

@@ -9,13 +9,11 @@ and the denoising switch are read at run time by both implementations.
 import pytest
 import torch
 
-from detectron2.structures import Instances
-
 from neo_rtdetr.checkpoint.convert import reconcile_state_dict
 from neo_rtdetr.checkpoint.hf_rtdetr_keys import convert_hf_rtdetr_state_dict
 from neo_rtdetr.modeling.decoder.rtdetr_decoder import RTDETRTransformer
-from neo_rtdetr.modeling.meta_arch.rtdetr import TARGET_BOXES_FIELD
 
+from ..modeling.hf_oracle import as_detectron2_batch, hf_loss_terms, hf_targets
 from .rtdetrv2_helpers import build_v2
 
 pytest.importorskip("transformers")
@@ -94,16 +92,6 @@ def test_discrete_sampling_equals_hf_on_a_non_square_input(pair):
         _set_method(hf, ours, "default")
 
 
-def _targets(n_per_image, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    targets = []
-    for n in n_per_image:
-        cxcy = torch.rand(n, 2, generator=g, dtype=torch.float64) * 0.6 + 0.2
-        wh = torch.rand(n, 2, generator=g, dtype=torch.float64) * 0.3 + 0.05
-        targets.append({"class_labels": torch.randint(0, 80, (n,), generator=g), "boxes": torch.cat([cxcy, wh], 1)})
-    return targets
-
-
 def test_training_losses_equal_hf_without_denoising(pair):
     hf, ours, _ = pair
     hf.config.num_denoising = 0
@@ -112,27 +100,16 @@ def test_training_losses_equal_hf_without_denoising(pair):
     ours.train()
     try:
         x = torch.rand(2, 3, 256, 256, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
-        labels = _targets([3, 5])
+        labels = hf_targets([3, 5])
         ref = hf(pixel_values=x, labels=labels)
-        batched = []
-        for i, t in enumerate(labels):
-            inst = Instances((256, 256))
-            inst.gt_classes = t["class_labels"]
-            inst.set(TARGET_BOXES_FIELD, t["boxes"])
-            batched.append({"image": x[i] * 255.0, "instances": inst})
-        losses = ours(batched)
+        losses = ours(as_detectron2_batch(x, labels))
     finally:
         hf.config.num_denoising = 100
         ours.decoder.num_denoising = 100
         hf.eval()
         ours.eval()
     L = 3
-    rename = {f"_aux_{L - 1}": "_enc_0"}  # HF names the encoder (query-selection) terms "_aux_{L-1}"
-    hf_terms = {}
-    for k, v in ref.loss_dict.items():
-        base = next(b for b in ("loss_vfl", "loss_bbox", "loss_giou") if k == b or k.startswith(b + "_"))
-        suffix = k[len(base):]
-        hf_terms[base + rename.get(suffix, suffix)] = v
+    hf_terms = hf_loss_terms(ref.loss_dict, L)
     assert set(hf_terms) == set(losses), (sorted(hf_terms), sorted(losses))
     assert len(losses) == 3 * (1 + (L - 1) + 1)
     for k in losses:
