@@ -24,7 +24,6 @@ inference loading.
 import logging
 import os
 import pickle
-import re
 import tempfile
 from typing import Any, Callable, Dict, IO, Optional
 
@@ -32,16 +31,13 @@ import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
 
-__all__ = ["RTDETRCheckpointer", "UnsafeCheckpointError", "CheckpointMismatchError", "atomic_write",
-           "CLASS_DEPENDENT_KEYS"]
+from neo_rtdetr.checkpoint.convert import CLASS_DEPENDENT_KEYS
+
+__all__ = ["RTDETRCheckpointer", "UnsafeCheckpointError", "CheckpointMismatchError", "atomic_write"]
 
 logger = logging.getLogger(__name__)
 
 _TMP_MARK = ".neo_rtdetr_tmp"
-
-
-#: The tensors whose shape depends on the number of classes (skipped on a class-count mismatch).
-CLASS_DEPENDENT_KEYS = re.compile(r"^decoder\.(?:enc_score_head|dec_score_head\.\d+|denoising_class_embed)\.")
 
 
 class UnsafeCheckpointError(pickle.UnpicklingError):

@@ -34,7 +34,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Tensors whose first dimension is the number of classes (+1 for the denoising embedding).
+#: Tensors whose first dimension is the number of classes (+1 for the denoising embedding): re-initialised by
+#: :func:`reconcile_state_dict` on a class-count change, the only shape difference that
+#: :mod:`neo_rtdetr.checkpoint.checkpointer`'s fit check tolerates (it imports this definition).
 CLASS_DEPENDENT_KEYS = re.compile(
     r"^decoder\.(enc_score_head\.(weight|bias)|dec_score_head\.\d+\.(weight|bias)|denoising_class_embed\.weight)$"
 )

@@ -120,3 +120,29 @@ def test_only_a_class_count_difference_is_loaded_for_fine_tuning(r18_file):
             assert torch.equal(v, fresh_heads[k]), k
         else:
             assert torch.equal(v, source[k]), k
+
+
+def _build_v2(num_classes):
+    from tests.projects.rtdetrv2_helpers import build_v2
+
+    torch.manual_seed(0)
+    return build_v2("tiny", num_classes=num_classes)
+
+
+@pytest.mark.parametrize("build", [lambda n: _model(num_classes=n), _build_v2], ids=["v1", "v2"])
+def test_one_class_dependent_key_pattern_for_the_fit_check_and_the_converter(build, tmp_path):
+    import neo_rtdetr.checkpoint.checkpointer as checkpointer_module
+    from neo_rtdetr.checkpoint import convert
+
+    assert checkpointer_module.CLASS_DEPENDENT_KEYS is convert.CLASS_DEPENDENT_KEYS  # a single definition
+    three, five = build(3), build(5)
+    sd3, sd5 = three.state_dict(), five.state_dict()
+    class_shaped = {k for k in sd3 if sd3[k].shape != sd5[k].shape}
+    assert len(class_shaped) == 7  # enc head (w, b), 2 decoder layers x (w, b), denoising embedding
+    assert {k for k in sd3 if convert.CLASS_DEPENDENT_KEYS.match(k)} == class_shaped
+    # both users of the pattern accept exactly that difference
+    path = str(tmp_path / "three.pth")
+    torch.save({"model": sd3}, path)
+    RTDETRCheckpointer(five).load(path)
+    state, report = convert.reconcile_state_dict(sd3, build(5), allow_num_classes_change=True)
+    assert sorted(report.reinitialized) == sorted(class_shaped) and set(state) == set(sd5)
