@@ -32,6 +32,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
 from neo_rtdetr.checkpoint.convert import CLASS_DEPENDENT_KEYS
+from neo_rtdetr.data.validation import format_ids
 
 __all__ = ["RTDETRCheckpointer", "UnsafeCheckpointError", "CheckpointMismatchError", "atomic_write"]
 
@@ -48,10 +49,8 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint's tensors do not fit the model (another size or architecture)."""
 
 
-def _listing(items, limit: int = 6) -> str:
-    items = list(items)
-    text = ", ".join(items[:limit])
-    return text + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
+#: How many tensors a mismatch error names per kind before "... (N more)".
+_LISTED_KEYS = 6
 
 
 def check_checkpoint_fits(incompatible) -> None:
@@ -72,12 +71,12 @@ def check_checkpoint_fits(incompatible) -> None:
         return
     parts = []
     if shapes:
-        parts.append(f"{len(shapes)} tensors have another shape ("
-                     + _listing(f"{k}: {tuple(a)} in the checkpoint, {tuple(b)} in the model" for k, a, b in shapes) + ")")
+        listed = (f"{k}: {tuple(a)} in the checkpoint, {tuple(b)} in the model" for k, a, b in shapes)
+        parts.append(f"{len(shapes)} tensors have another shape ({format_ids(listed, _LISTED_KEYS)})")
     if missing:
-        parts.append(f"{len(missing)} model tensors are not in the checkpoint ({_listing(missing)})")
+        parts.append(f"{len(missing)} model tensors are not in the checkpoint ({format_ids(missing, _LISTED_KEYS)})")
     if unexpected:
-        parts.append(f"{len(unexpected)} checkpoint tensors are not in the model ({_listing(unexpected)})")
+        parts.append(f"{len(unexpected)} checkpoint tensors are not in the model ({format_ids(unexpected, _LISTED_KEYS)})")
     raise CheckpointMismatchError(
         "the checkpoint does not fit the model: " + "; ".join(parts) + ". It is probably from another model "
         "size or architecture (e.g. an R50 checkpoint with an R18 config): use the config it was trained with "

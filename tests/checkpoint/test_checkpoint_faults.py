@@ -146,3 +146,18 @@ def test_one_class_dependent_key_pattern_for_the_fit_check_and_the_converter(bui
     RTDETRCheckpointer(five).load(path)
     state, report = convert.reconcile_state_dict(sd3, build(5), allow_num_classes_change=True)
     assert sorted(report.reinitialized) == sorted(class_shaped) and set(state) == set(sd5)
+
+
+def test_mismatch_error_lists_keys_with_the_shared_id_formatter():
+    from fvcore.common.checkpoint import _IncompatibleKeys
+
+    import neo_rtdetr.checkpoint.checkpointer as checkpointer_module
+    from neo_rtdetr.data import validation
+
+    assert checkpointer_module.format_ids is validation.format_ids  # no private copy of the listing
+    missing = [f"backbone.layer{i}.weight" for i in range(9)]
+    with pytest.raises(CheckpointMismatchError) as excinfo:
+        checkpointer_module.check_checkpoint_fits(_IncompatibleKeys(missing, ["extra.weight"], []))
+    message = str(excinfo.value)
+    assert "9 model tensors are not in the checkpoint (" + ", ".join(missing[:6]) + ", ... (3 more))" in message
+    assert "1 checkpoint tensors are not in the model (extra.weight)" in message
