@@ -89,6 +89,21 @@ def test_v1_names_missing_buffers_and_other_anchor_sizes_are_bridged(official_v2
     assert sorted(report.derived) == ["decoder.anchors", "decoder.valid_mask"]
 
 
+def test_anchors_of_a_transposed_eval_size_are_replaced_by_the_models():
+    """[160, 128] and [128, 160] anchors have the same shape but other values: the model's own are kept."""
+    source, target = build_v2("tiny", eval_spatial_size=[160, 128]), build_v2("tiny", eval_spatial_size=[128, 160])
+    sd, own = source.state_dict(), target.state_dict()
+    assert sd["decoder.anchors"].shape == own["decoder.anchors"].shape
+    assert not torch.equal(sd["decoder.anchors"], own["decoder.anchors"])
+    state, report = reconcile_state_dict(sd, target)
+    assert torch.equal(state["decoder.anchors"], own["decoder.anchors"])
+    assert torch.equal(state["decoder.valid_mask"], own["decoder.valid_mask"])
+    assert "decoder.anchors" in report.derived and "derived buffers" in str(report)
+    # anchors of the same eval size are the model's too, and not reported
+    _, same = reconcile_state_dict(own, target)
+    assert same.derived == [] and str(same) == "exact match"
+
+
 def test_other_points_per_level_with_the_same_total_are_refused(official_v2):
     """[2, 4, 6] and [4, 4, 4] have the same offset shapes; only num_points_scale tells them apart."""
     model = build_v2("tiny", num_points=[2, 4, 6])
