@@ -19,6 +19,10 @@ inference loading.
   naming the file and the tensors. The one tolerated difference is the class-dependent tensors
   (fine-tuning with another number of classes: those are skipped with detectron2's warning, as
   the official code does); BatchNorm ``num_batches_tracked`` counters are ignored.
+* The RT-DETRv2 decoder's ``anchors`` and ``valid_mask`` buffers are functions of the config's
+  ``eval_spatial_size`` (:data:`~neo_rtdetr.checkpoint.convert.ANCHOR_BUFFER_KEYS`): they are never
+  loaded from a checkpoint (dropped from its model state, said once at INFO), the model keeps its
+  own, so a checkpoint saved with another ``eval_spatial_size`` (or none) loads.
 """
 
 import logging
@@ -31,7 +35,7 @@ import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
 
-from neo_rtdetr.checkpoint.convert import CLASS_DEPENDENT_KEYS
+from neo_rtdetr.checkpoint.convert import ANCHOR_BUFFER_KEYS, CLASS_DEPENDENT_KEYS
 from neo_rtdetr.data.validation import format_ids
 
 __all__ = ["RTDETRCheckpointer", "UnsafeCheckpointError", "CheckpointMismatchError", "atomic_write"]
@@ -53,15 +57,23 @@ class CheckpointMismatchError(ValueError):
 _LISTED_KEYS = 6
 
 
+def _is_anchor_buffer(key: str) -> bool:
+    """True for the decoder's ``anchors`` / ``valid_mask`` (also with a DDP ``module.`` prefix)."""
+    return bool(ANCHOR_BUFFER_KEYS.match(key[len("module."):] if key.startswith("module.") else key))
+
+
 def check_checkpoint_fits(incompatible) -> None:
     """Raise :class:`CheckpointMismatchError` unless only class-dependent tensors differ.
+
+    The derived anchor buffers (:data:`~neo_rtdetr.checkpoint.convert.ANCHOR_BUFFER_KEYS`) are
+    ignored: they follow ``eval_spatial_size``, not the weights.
 
     Args:
         incompatible: fvcore's ``_IncompatibleKeys`` (``missing_keys``, ``unexpected_keys``,
             ``incorrect_shapes`` as (key, checkpoint shape, model shape)).
     """
     def relevant(key: str) -> bool:
-        return not key.endswith("num_batches_tracked")
+        return not key.endswith("num_batches_tracked") and not _is_anchor_buffer(key)
 
     shapes = [(k, a, b) for k, a, b in incompatible.incorrect_shapes if relevant(k) and not CLASS_DEPENDENT_KEYS.match(k)]
     wrong_shape = {k for k, _, _ in incompatible.incorrect_shapes}  # fvcore also lists these as missing
@@ -233,10 +245,27 @@ class RTDETRCheckpointer(DetectionCheckpointer):
                 loaded = {"model": loaded}  # a bare state dict
         return loaded
 
+    def _drop_anchor_buffers(self, checkpoint: Dict[str, Any]) -> None:
+        """Remove the derived anchor buffers from ``checkpoint["model"]`` (the model keeps its own)."""
+        state = checkpoint.get("model")
+        if not isinstance(state, dict):
+            return
+        dropped = [k for k in state if _is_anchor_buffer(k)]
+        if not dropped:
+            return
+        checkpoint["model"] = {k: v for k, v in state.items() if k not in dropped}
+        self.logger.info(
+            f"[Checkpointer] Not loading {', '.join(dropped)} from the checkpoint: they are derived from the "
+            "config's eval_spatial_size, the model keeps its own."
+        )
+
     def _load_model(self, checkpoint: Dict[str, Any]):
+        self._drop_anchor_buffers(checkpoint)
         incompatible = super()._load_model(checkpoint)
         if incompatible is not None:
             check_checkpoint_fits(incompatible)
+            # the model's own anchors are not "missing": no detectron2 warning about them
+            incompatible.missing_keys[:] = [k for k in incompatible.missing_keys if not _is_anchor_buffer(k)]
         return incompatible
 
     def load(self, path: str, checkpointables=None) -> Dict[str, Any]:
