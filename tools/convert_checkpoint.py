@@ -70,20 +70,7 @@ def main(argv=None) -> int:
               f"{report.checkpoint_num_classes} classes")
         if report.unsafe_pickle:
             print("warning: the input needed torch.load(weights_only=False) (full pickle); trusted files only")
-        if report.reinitialized:
-            print(f"re-initialised for {report.num_classes} classes (checkpoint has {report.checkpoint_num_classes}), "
-                  f"{len(report.reinitialized)} tensors:")
-            for key in report.reinitialized:
-                print(f"  {key} {tuple(state[key].shape)}")
-        if report.renamed:
-            print(f"matched {len(report.renamed)} keys between the v1 (.0/.1) and v2 (.conv/.norm, .proj/.norm) "
-                  "child names")
-        if report.derived:
-            print(f"derived buffers taken from the model (absent from the input or for another eval size): "
-                  f"{', '.join(report.derived)}")
-        if report.added_counters or report.dropped_counters:
-            print(f"BatchNorm num_batches_tracked: {len(report.added_counters)} added, "
-                  f"{len(report.dropped_counters)} dropped (frozen BatchNorms have none)")
+        print(f"reconciled with the model: {report}")
         out = save_detectron2_checkpoint(
             state, args.output, source=args.source, num_classes=model.num_classes, verify_model=model
         )

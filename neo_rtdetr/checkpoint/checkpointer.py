@@ -19,12 +19,15 @@ inference loading.
   naming the file and the tensors. The one tolerated difference is the class-dependent tensors
   (fine-tuning with another number of classes: those are skipped with detectron2's warning, as
   the official code does); BatchNorm ``num_batches_tracked`` counters are ignored.
+* The RT-DETRv2 decoder's ``anchors`` and ``valid_mask`` buffers are functions of the config's
+  ``eval_spatial_size`` (:data:`~neo_rtdetr.checkpoint.convert.ANCHOR_BUFFER_KEYS`): they are never
+  loaded from a checkpoint (dropped from its model state, said once at INFO), the model keeps its
+  own, so a checkpoint saved with another ``eval_spatial_size`` (or none) loads.
 """
 
 import logging
 import os
 import pickle
-import re
 import tempfile
 from typing import Any, Callable, Dict, IO, Optional
 
@@ -32,16 +35,14 @@ import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
 
-__all__ = ["RTDETRCheckpointer", "UnsafeCheckpointError", "CheckpointMismatchError", "atomic_write",
-           "CLASS_DEPENDENT_KEYS"]
+from neo_rtdetr.checkpoint.convert import ANCHOR_BUFFER_KEYS, CLASS_DEPENDENT_KEYS
+from neo_rtdetr.data.validation import format_ids
+
+__all__ = ["RTDETRCheckpointer", "UnsafeCheckpointError", "CheckpointMismatchError", "atomic_write"]
 
 logger = logging.getLogger(__name__)
 
 _TMP_MARK = ".neo_rtdetr_tmp"
-
-
-#: The tensors whose shape depends on the number of classes (skipped on a class-count mismatch).
-CLASS_DEPENDENT_KEYS = re.compile(r"^decoder\.(?:enc_score_head|dec_score_head\.\d+|denoising_class_embed)\.")
 
 
 class UnsafeCheckpointError(pickle.UnpicklingError):
@@ -52,21 +53,27 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint's tensors do not fit the model (another size or architecture)."""
 
 
-def _listing(items, limit: int = 6) -> str:
-    items = list(items)
-    text = ", ".join(items[:limit])
-    return text + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
+#: How many tensors a mismatch error names per kind before "... (N more)".
+_LISTED_KEYS = 6
+
+
+def _is_anchor_buffer(key: str) -> bool:
+    """True for the decoder's ``anchors`` / ``valid_mask`` (also with a DDP ``module.`` prefix)."""
+    return bool(ANCHOR_BUFFER_KEYS.match(key[len("module."):] if key.startswith("module.") else key))
 
 
 def check_checkpoint_fits(incompatible) -> None:
     """Raise :class:`CheckpointMismatchError` unless only class-dependent tensors differ.
+
+    The derived anchor buffers (:data:`~neo_rtdetr.checkpoint.convert.ANCHOR_BUFFER_KEYS`) are
+    ignored: they follow ``eval_spatial_size``, not the weights.
 
     Args:
         incompatible: fvcore's ``_IncompatibleKeys`` (``missing_keys``, ``unexpected_keys``,
             ``incorrect_shapes`` as (key, checkpoint shape, model shape)).
     """
     def relevant(key: str) -> bool:
-        return not key.endswith("num_batches_tracked")
+        return not key.endswith("num_batches_tracked") and not _is_anchor_buffer(key)
 
     shapes = [(k, a, b) for k, a, b in incompatible.incorrect_shapes if relevant(k) and not CLASS_DEPENDENT_KEYS.match(k)]
     wrong_shape = {k for k, _, _ in incompatible.incorrect_shapes}  # fvcore also lists these as missing
@@ -76,12 +83,12 @@ def check_checkpoint_fits(incompatible) -> None:
         return
     parts = []
     if shapes:
-        parts.append(f"{len(shapes)} tensors have another shape ("
-                     + _listing(f"{k}: {tuple(a)} in the checkpoint, {tuple(b)} in the model" for k, a, b in shapes) + ")")
+        listed = (f"{k}: {tuple(a)} in the checkpoint, {tuple(b)} in the model" for k, a, b in shapes)
+        parts.append(f"{len(shapes)} tensors have another shape ({format_ids(listed, _LISTED_KEYS)})")
     if missing:
-        parts.append(f"{len(missing)} model tensors are not in the checkpoint ({_listing(missing)})")
+        parts.append(f"{len(missing)} model tensors are not in the checkpoint ({format_ids(missing, _LISTED_KEYS)})")
     if unexpected:
-        parts.append(f"{len(unexpected)} checkpoint tensors are not in the model ({_listing(unexpected)})")
+        parts.append(f"{len(unexpected)} checkpoint tensors are not in the model ({format_ids(unexpected, _LISTED_KEYS)})")
     raise CheckpointMismatchError(
         "the checkpoint does not fit the model: " + "; ".join(parts) + ". It is probably from another model "
         "size or architecture (e.g. an R50 checkpoint with an R18 config): use the config it was trained with "
@@ -238,10 +245,27 @@ class RTDETRCheckpointer(DetectionCheckpointer):
                 loaded = {"model": loaded}  # a bare state dict
         return loaded
 
+    def _drop_anchor_buffers(self, checkpoint: Dict[str, Any]) -> None:
+        """Remove the derived anchor buffers from ``checkpoint["model"]`` (the model keeps its own)."""
+        state = checkpoint.get("model")
+        if not isinstance(state, dict):
+            return
+        dropped = [k for k in state if _is_anchor_buffer(k)]
+        if not dropped:
+            return
+        checkpoint["model"] = {k: v for k, v in state.items() if k not in dropped}
+        self.logger.info(
+            f"[Checkpointer] Not loading {', '.join(dropped)} from the checkpoint: they are derived from the "
+            "config's eval_spatial_size, the model keeps its own."
+        )
+
     def _load_model(self, checkpoint: Dict[str, Any]):
+        self._drop_anchor_buffers(checkpoint)
         incompatible = super()._load_model(checkpoint)
         if incompatible is not None:
             check_checkpoint_fits(incompatible)
+            # the model's own anchors are not "missing": no detectron2 warning about them
+            incompatible.missing_keys[:] = [k for k in incompatible.missing_keys if not _is_anchor_buffer(k)]
         return incompatible
 
     def load(self, path: str, checkpointables=None) -> Dict[str, Any]:

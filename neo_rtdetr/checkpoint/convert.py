@@ -25,6 +25,7 @@ from neo_rtdetr.checkpoint.hf_rtdetr_keys import convert_hf_rtdetr_state_dict
 __all__ = [
     "CLASS_DEPENDENT_KEYS",
     "DERIVED_BUFFER_KEYS",
+    "ANCHOR_BUFFER_KEYS",
     "LAYOUT_ALIASES",
     "unwrap_official_checkpoint",
     "load_hf_state_dict",
@@ -34,7 +35,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Tensors whose first dimension is the number of classes (+1 for the denoising embedding).
+#: Tensors whose first dimension is the number of classes (+1 for the denoising embedding): re-initialised by
+#: :func:`reconcile_state_dict` on a class-count change, the only shape difference that
+#: :mod:`neo_rtdetr.checkpoint.checkpointer`'s fit check tolerates (it imports this definition).
 CLASS_DEPENDENT_KEYS = re.compile(
     r"^decoder\.(enc_score_head\.(weight|bias)|dec_score_head\.\d+\.(weight|bias)|denoising_class_embed\.weight)$"
 )
@@ -55,11 +58,14 @@ LAYOUT_ALIASES: List[Tuple["re.Pattern", str]] = [
 
 #: Buffers of an RT-DETRv2 decoder that are functions of its config: the anchors and valid mask of
 #: ``eval_spatial_size`` and the per-point offset scale (``1 / P_l``) of each cross-attention. Absent from a
-#: checkpoint (Hugging Face, official v1), they are taken from the model; anchors of another shape (another
-#: ``eval_spatial_size``) are replaced by the model's. ``num_points_scale`` values must equal the model's: they
-#: encode the points per level, which the offset shapes alone do not reveal.
+#: checkpoint (Hugging Face, official v1), they are taken from the model. ``num_points_scale`` values must equal
+#: the model's: they encode the points per level, which the offset shapes alone do not reveal.
 DERIVED_BUFFER_KEYS = re.compile(r"^decoder\.(anchors|valid_mask|decoder\.layers\.\d+\.cross_attn\.num_points_scale)$")
-_ANCHOR_KEYS = re.compile(r"^decoder\.(anchors|valid_mask)$")
+
+#: The derived buffers that only depend on ``eval_spatial_size`` (:data:`DERIVED_BUFFER_KEYS`' anchors and valid
+#: mask): always the target model's own, whatever the checkpoint holds (another size, even a transposed one of the
+#: same shape, e.g. 160 x 128 vs 128 x 160). The checkpointer's fit check ignores them too.
+ANCHOR_BUFFER_KEYS = re.compile(r"^decoder\.(anchors|valid_mask)$")
 
 
 def _model_key(key: str, target: Mapping[str, Tensor]) -> str:
@@ -135,7 +141,7 @@ class ConversionReport:
         self.added_counters: List[str] = []
         self.dropped_counters: List[str] = []
         self.renamed: List[Tuple[str, str]] = []  # (checkpoint key, model key): v1 <-> v2 child names
-        self.derived: List[str] = []  # derived v2 buffers taken from the model (absent or of another shape)
+        self.derived: List[str] = []  # derived v2 buffers taken from the model (absent or other values)
 
     def __str__(self) -> str:
         lines = []
@@ -162,8 +168,10 @@ def reconcile_state_dict(
 
     Besides ``num_batches_tracked`` counters, two layout differences are bridged: checkpoint keys are
     matched to the model's v1 or v2 child names (:data:`LAYOUT_ALIASES`), and derived RT-DETRv2
-    buffers (:data:`DERIVED_BUFFER_KEYS`) missing from the checkpoint, or anchors of another
-    ``eval_spatial_size``, are taken from the model (listed in ``report.derived``).
+    buffers (:data:`DERIVED_BUFFER_KEYS`) missing from the checkpoint are taken from the model. The
+    anchors and valid mask (:data:`ANCHOR_BUFFER_KEYS`) are always the model's; those of the
+    checkpoint that differ from them (another ``eval_spatial_size``) are listed in
+    ``report.derived`` like the missing ones.
 
     Args:
         state: a state dict with our (official) names.
@@ -192,13 +200,15 @@ def reconcile_state_dict(
             continue
         if key != ckpt_key:
             report.renamed.append((ckpt_key, key))
+        if ANCHOR_BUFFER_KEYS.match(key):  # functions of eval_spatial_size: the model's own, always
+            own = target[key]
+            if tuple(value.shape) != tuple(own.shape) or not torch.equal(value.to(own.device, own.dtype), own):
+                report.derived.append(key)
+            out[key] = own
+            continue
         if tuple(value.shape) != tuple(target[key].shape):
             if allow_num_classes_change and CLASS_DEPENDENT_KEYS.match(key):
                 report.reinitialized.append(key)
-                out[key] = target[key]
-                continue
-            if _ANCHOR_KEYS.match(key):  # stored for another eval_spatial_size: the model's own
-                report.derived.append(key)
                 out[key] = target[key]
                 continue
             mismatched.append(f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(target[key].shape)}")

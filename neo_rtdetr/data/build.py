@@ -60,6 +60,7 @@ logger = logging.getLogger(__name__)
 _TAG_PERMUTATION = 1
 _TAG_SAMPLE = 2
 _TAG_MULTI_SCALE = 3
+_TAG_STEP = 4  # neo_rtdetr.engine.step_seed: per-iteration seed of the global generators
 
 #: One sample of a batch: (dataset index, epoch, iteration).
 SampleDescriptor = Tuple[int, int, int]

@@ -27,6 +27,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
+from detectron2.utils.file_io import PathManager
+
 __all__ = [
     "CocoFormatError",
     "CocoValidationReport",
@@ -124,16 +126,24 @@ class CocoValidationReport:
 def read_coco_json(json_file: str) -> Dict[str, Any]:
     """Read a COCO JSON file.
 
+    Args:
+        json_file: a local path or any URI that detectron2's ``PathManager`` resolves to a local
+            file (``PathManager.get_local_path``, as detectron2's own COCO loader does).
+
     Raises:
-        FileNotFoundError: the file does not exist (named).
+        FileNotFoundError: the file does not exist (named as given).
         CocoFormatError: the file is not valid JSON (file, line and column named) or its top level
             is not an object.
     """
     json_file = os.fspath(json_file)
-    if not os.path.isfile(json_file):
+    try:
+        local_file = PathManager.get_local_path(json_file)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"COCO annotation file {json_file} does not exist ({e})") from e
+    if not os.path.isfile(local_file):
         raise FileNotFoundError(f"COCO annotation file {json_file} does not exist")
     try:
-        with open(json_file, "rb") as f:
+        with open(local_file, "rb") as f:
             data = json.load(f)
     except json.JSONDecodeError as e:
         raise CocoFormatError(

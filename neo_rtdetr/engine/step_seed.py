@@ -20,17 +20,17 @@ import torch
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
+from neo_rtdetr.data.build import _TAG_STEP, _derive_seed
+
 __all__ = ["StepSeedHook", "step_seed"]
 
 logger = logging.getLogger(__name__)
 
-_TAG_STEP = 4  # domain separation from the data pipeline's derived seeds
-
 
 def step_seed(seed: int, rank: int, iteration: int) -> int:
-    """The seed of ``iteration`` on ``rank``: a 63-bit int derived from the three values."""
-    state = np.random.SeedSequence([int(seed), _TAG_STEP, int(rank), int(iteration)]).generate_state(2, np.uint32)
-    return int((int(state[0]) << 32 | int(state[1])) & ((1 << 63) - 1))
+    """The seed of ``iteration`` on ``rank``: a 63-bit int derived from the three values (with the data
+    pipeline's derivation, under its own domain tag)."""
+    return _derive_seed(seed, _TAG_STEP, rank, iteration)
 
 
 class StepSeedHook(HookBase):

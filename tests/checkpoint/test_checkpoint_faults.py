@@ -1,7 +1,9 @@
 """Checkpoint faults: a process SIGKILLed between writing the temporary file and renaming it
 leaves the previous checkpoint loadable and tagged; a checkpoint of another model size is a clear
-error instead of a half-loaded model."""
+error instead of a half-loaded model; an RT-DETRv2 checkpoint loads into a model with another (or no)
+eval_spatial_size, which keeps its own anchors."""
 
+import logging
 import os
 import signal
 import subprocess
@@ -120,3 +122,87 @@ def test_only_a_class_count_difference_is_loaded_for_fine_tuning(r18_file):
             assert torch.equal(v, fresh_heads[k]), k
         else:
             assert torch.equal(v, source[k]), k
+
+
+def _build_v2(num_classes):
+    from tests.projects.rtdetrv2_helpers import build_v2
+
+    torch.manual_seed(0)
+    return build_v2("tiny", num_classes=num_classes)
+
+
+@pytest.mark.parametrize("build", [lambda n: _model(num_classes=n), _build_v2], ids=["v1", "v2"])
+def test_one_class_dependent_key_pattern_for_the_fit_check_and_the_converter(build, tmp_path):
+    import neo_rtdetr.checkpoint.checkpointer as checkpointer_module
+    from neo_rtdetr.checkpoint import convert
+
+    assert checkpointer_module.CLASS_DEPENDENT_KEYS is convert.CLASS_DEPENDENT_KEYS  # a single definition
+    three, five = build(3), build(5)
+    sd3, sd5 = three.state_dict(), five.state_dict()
+    class_shaped = {k for k in sd3 if sd3[k].shape != sd5[k].shape}
+    assert len(class_shaped) == 7  # enc head (w, b), 2 decoder layers x (w, b), denoising embedding
+    assert {k for k in sd3 if convert.CLASS_DEPENDENT_KEYS.match(k)} == class_shaped
+    # both users of the pattern accept exactly that difference
+    path = str(tmp_path / "three.pth")
+    torch.save({"model": sd3}, path)
+    RTDETRCheckpointer(five).load(path)
+    state, report = convert.reconcile_state_dict(sd3, build(5), allow_num_classes_change=True)
+    assert sorted(report.reinitialized) == sorted(class_shaped) and set(state) == set(sd5)
+
+
+def test_mismatch_error_lists_keys_with_the_shared_id_formatter():
+    from fvcore.common.checkpoint import _IncompatibleKeys
+
+    import neo_rtdetr.checkpoint.checkpointer as checkpointer_module
+    from neo_rtdetr.data import validation
+
+    assert checkpointer_module.format_ids is validation.format_ids  # no private copy of the listing
+    missing = [f"backbone.layer{i}.weight" for i in range(9)]
+    with pytest.raises(CheckpointMismatchError) as excinfo:
+        checkpointer_module.check_checkpoint_fits(_IncompatibleKeys(missing, ["extra.weight"], []))
+    message = str(excinfo.value)
+    assert "9 model tensors are not in the checkpoint (" + ", ".join(missing[:6]) + ", ... (3 more))" in message
+    assert "1 checkpoint tensors are not in the model (extra.weight)" in message
+
+
+@pytest.fixture(scope="module")
+def v2_160x128_file(tmp_path_factory):
+    """A tiny RT-DETRv2 checkpoint saved by the checkpointer with eval_spatial_size [160, 128]: "model" and
+    "ema.module" (other values), both holding that size's decoder.anchors / valid_mask."""
+    from neo_rtdetr.engine import ModelEMA
+    from tests.projects.rtdetrv2_helpers import build_v2, randomize_v2
+
+    folder = str(tmp_path_factory.mktemp("v2_ckpt"))
+    model = build_v2("tiny", eval_spatial_size=[160, 128])
+    randomize_v2(model, seed=1)
+    ema = ModelEMA(model)
+    randomize_v2(ema.module, seed=2)
+    RTDETRCheckpointer(model, folder, ema=ema).save("model_final")
+    saved = torch.load(os.path.join(folder, "model_final.pth"), weights_only=True)
+    assert saved["model"]["decoder.anchors"].shape == (1, 20 * 16 + 10 * 8 + 5 * 4, 4)
+    return dict(path=os.path.join(folder, "model_final.pth"), model=saved["model"], ema=saved["ema"]["module"])
+
+
+@pytest.mark.parametrize("eval_size", [[128, 160], [192, 192], None], ids=["transposed", "other", "none"])
+@pytest.mark.parametrize("how", ["init_checkpoint", "load_for_inference"])
+def test_v2_checkpoint_loads_whatever_the_eval_spatial_size(v2_160x128_file, eval_size, how, caplog):
+    from tests.projects.rtdetrv2_helpers import build_v2
+
+    target = build_v2("tiny", eval_spatial_size=eval_size)
+    own = {k: v.clone() for k, v in target.state_dict().items() if k in ("decoder.anchors", "decoder.valid_mask")}
+    assert bool(own) == (eval_size is not None)
+    with caplog.at_level(logging.INFO):
+        if how == "init_checkpoint":  # what train_net does with train.init_checkpoint
+            RTDETRCheckpointer(target, "").resume_or_load(v2_160x128_file["path"], resume=False)
+            expected = v2_160x128_file["model"]
+        else:
+            RTDETRCheckpointer(target).load_for_inference(v2_160x128_file["path"])
+            expected = v2_160x128_file["ema"]
+    state = target.state_dict()
+    assert set(state) == set(expected) - {"decoder.anchors", "decoder.valid_mask"} | set(own)
+    for k, v in state.items():
+        assert torch.equal(v, own[k] if k in own else expected[k]), k  # the model's own anchors, the file's weights
+    messages = [r.getMessage() for r in caplog.records]
+    dropped = [m for m in messages if "Not loading decoder.anchors, decoder.valid_mask" in m]
+    assert len(dropped) == 1 and "eval_spatial_size" in dropped[0]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "anchors" in r.getMessage()]

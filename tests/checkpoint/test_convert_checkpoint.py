@@ -189,6 +189,9 @@ def test_num_classes_change_cli_reinitialises_only_class_heads(tiny, tmp_path):
     assert raw["num_classes"] == 5 and raw["source"] == "official" and raw["__author__"] == CONVERTER_AUTHOR
     class_keys = sorted(k for k in state if CLASS_DEPENDENT_KEYS.match(k))
     assert len(class_keys) == 7  # enc head (2) + 2 decoder layers x (w, b) + denoising embedding
+    _, report = convert_checkpoint("official", tiny["ema_file"], build_model_from_config(TINY, num_classes=5),
+                                   num_classes=5)
+    assert f"reconciled with the model: {report}\n" in proc.stdout  # the report's own text, not a re-wording
     for k in class_keys:
         assert k in proc.stdout  # the tool names every re-initialised tensor
         rows = 6 if "denoising" in k else 5

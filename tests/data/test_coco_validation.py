@@ -12,9 +12,11 @@ import logging
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
+from detectron2.utils.file_io import PathManager
+from iopath.common.file_io import PathHandler
 
 from neo_rtdetr.data.catalog import register_coco_format_dataset
-from neo_rtdetr.data.validation import CocoFormatError, validate_coco_dict
+from neo_rtdetr.data.validation import CocoFormatError, read_coco_json, validate_coco_dict
 
 _names = itertools.count()
 
@@ -185,3 +187,33 @@ def test_validate_coco_dict_does_not_modify_its_input():
     assert json.dumps(data) == before
     assert clean["annotations"][0]["bbox"] == [0.0, 80.0, 40.0, 20.0] and report.clipped == [16]
     assert report.num_kept == 1 and not report.num_dropped
+
+
+class _PrefixHandler(PathHandler):
+    """``neo-test-coco://<absolute path>``: a URI that only ``PathManager.get_local_path`` resolves."""
+
+    PREFIX = "neo-test-coco://"
+
+    def _get_supported_prefixes(self):
+        return [self.PREFIX]
+
+    def _get_local_path(self, path, force=False, **kwargs):
+        return path[len(self.PREFIX):]
+
+
+def test_annotation_uri_is_resolved_with_path_manager(tmp_path):
+    PathManager.register_handler(_PrefixHandler())
+    path = tmp_path / "uri.json"
+    path.write_text(json.dumps(_coco()))
+    uri = _PrefixHandler.PREFIX + str(path)
+    assert read_coco_json(uri) == _coco()
+    name = f"t_bad_coco_{next(_names)}"
+    register_coco_format_dataset(name=name, json_file=uri, image_root=str(tmp_path))
+    dicts = DatasetCatalog.get(name)
+    assert [d["image_id"] for d in dicts] == [1, 2] and len(dicts[0]["annotations"]) == 1
+    # a URI (or path) to no file is still a clear error naming it as given
+    missing = _PrefixHandler.PREFIX + str(tmp_path / "missing.json")
+    with pytest.raises(FileNotFoundError, match=f"COCO annotation file {missing} does not exist"):
+        read_coco_json(missing)
+    with pytest.raises(FileNotFoundError, match=f"COCO annotation file {tmp_path / 'missing.json'} does not exist"):
+        read_coco_json(tmp_path / "missing.json")

@@ -29,3 +29,16 @@ def test_a_drawn_seed_is_saved_and_restored():
     restored = StepSeedHook(None)
     restored.load_state_dict(state)
     assert restored.seed == hook.seed and _draws(restored, 3) == _draws(hook, 3)
+
+
+def test_step_seeds_use_the_data_pipelines_derivation_and_tags():
+    from neo_rtdetr.data import build
+    from neo_rtdetr.engine.step_seed import step_seed
+
+    tags = [build._TAG_PERMUTATION, build._TAG_SAMPLE, build._TAG_MULTI_SCALE, build._TAG_STEP]
+    assert len(set(tags)) == len(tags)  # one place, distinct domains
+    for seed, rank, iteration in [(0, 0, 0), (42, 1, 7), (123456789, 3, 90000), (2**32 - 1, 0, 1)]:
+        assert step_seed(seed, rank, iteration) == build._derive_seed(seed, build._TAG_STEP, rank, iteration)
+    # the values of the original implementation: checkpoints resume with the same random streams
+    assert [step_seed(0, 0, 0), step_seed(42, 1, 7), step_seed(123456789, 3, 90000), step_seed(2**32 - 1, 0, 1)] == [
+        8050335724093666056, 6973471991827467849, 3804019565522922736, 6960670051411648202]

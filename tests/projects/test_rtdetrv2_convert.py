@@ -14,9 +14,7 @@ import shutil
 import pytest
 import torch
 
-from detectron2.checkpoint import DetectionCheckpointer
-
-from neo_rtdetr.checkpoint.convert import convert_checkpoint, reconcile_state_dict
+from neo_rtdetr.checkpoint.convert import convert_checkpoint, reconcile_state_dict, verify_detectron2_checkpoint
 
 from ..checkpoint.test_convert_checkpoint import _tool_main
 from .rtdetrv2_helpers import build_v2, randomize_v2
@@ -24,13 +22,6 @@ from .rtdetrv2_helpers import build_v2, randomize_v2
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY_V2 = os.path.join(REPO, "projects/RTDETRv2/configs/models/rtdetrv2_tiny.py")
 R18_V2 = os.path.join(REPO, "projects/RTDETRv2/configs/models/rtdetrv2_r18.py")
-
-
-def _d2_load(model, path):
-    checkpointer = DetectionCheckpointer(model)
-    incompatible = checkpointer._load_model(checkpointer._load_file(path))
-    assert incompatible.missing_keys == [] and incompatible.unexpected_keys == []
-    assert incompatible.incorrect_shapes == []
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +50,7 @@ def test_official_v2_ema_file_converts_with_the_tool(official_v2, tmp_path, caps
     for k, v in official_v2["sd_ema"].items():
         assert torch.equal(raw[k], v), k
     model = build_v2("tiny")
-    _d2_load(model, str(out))
+    verify_detectron2_checkpoint(str(out), model)
     for k, v in model.state_dict().items():
         assert torch.equal(v, official_v2["sd_ema"][k]), k
 
@@ -87,6 +78,21 @@ def test_v1_names_missing_buffers_and_other_anchor_sizes_are_bridged(official_v2
     state, report = reconcile_state_dict(other, model)
     assert torch.equal(state["decoder.anchors"], model.state_dict()["decoder.anchors"])
     assert sorted(report.derived) == ["decoder.anchors", "decoder.valid_mask"]
+
+
+def test_anchors_of_a_transposed_eval_size_are_replaced_by_the_models():
+    """[160, 128] and [128, 160] anchors have the same shape but other values: the model's own are kept."""
+    source, target = build_v2("tiny", eval_spatial_size=[160, 128]), build_v2("tiny", eval_spatial_size=[128, 160])
+    sd, own = source.state_dict(), target.state_dict()
+    assert sd["decoder.anchors"].shape == own["decoder.anchors"].shape
+    assert not torch.equal(sd["decoder.anchors"], own["decoder.anchors"])
+    state, report = reconcile_state_dict(sd, target)
+    assert torch.equal(state["decoder.anchors"], own["decoder.anchors"])
+    assert torch.equal(state["decoder.valid_mask"], own["decoder.valid_mask"])
+    assert "decoder.anchors" in report.derived and "derived buffers" in str(report)
+    # anchors of the same eval size are the model's too, and not reported
+    _, same = reconcile_state_dict(own, target)
+    assert same.derived == [] and str(same) == "exact match"
 
 
 def test_other_points_per_level_with_the_same_total_are_refused(official_v2):
@@ -119,11 +125,10 @@ def test_hf_v2_folder_converts_to_the_same_outputs(hf_v2_folder, hf_v2_r18_model
     stdout = capsys.readouterr().out
     assert rc == 0, stdout
     assert "[model.safetensors], 80 classes" in stdout
-    assert "derived buffers taken from the model (absent from the input or for another eval size): " \
-           "decoder.anchors, decoder.valid_mask" in stdout
+    assert "took 2 derived buffers from the model: decoder.anchors, decoder.valid_mask" in stdout
     assert "matched 22 keys between the v1 (.0/.1) and v2" in stdout  # 3 x 6 encoder input_proj + 4 enc_output
     ours = build_v2("r18")
-    _d2_load(ours, str(out))
+    verify_detectron2_checkpoint(str(out), ours)
     ours.double().eval()
     x = torch.rand(1, 3, 160, 224, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     with torch.no_grad():
