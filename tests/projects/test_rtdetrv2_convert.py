@@ -157,3 +157,14 @@ def test_hf_v2_config_disagreeing_with_the_model_is_refused(hf_v2_folder, tmp_pa
     json.dump(cfg, open(folder / "config.json", "w"))
     with pytest.raises(ValueError, match=r"decoder_n_points: HF 3 vs model 4 \(decoder.num_points\)"):
         convert_checkpoint("hf", str(folder), build_v2("r18"))
+
+
+def test_stored_anchors_convert_into_a_model_without_an_eval_size():
+    """A model with eval_spatial_size=None has no anchor buffers (it computes anchors per input size): the stored
+    ones are left out and reported, not refused as unexpected keys."""
+    source, target = build_v2("tiny", eval_spatial_size=[160, 128]), build_v2("tiny", eval_spatial_size=None)
+    assert "decoder.anchors" not in target.state_dict()
+    state, report = reconcile_state_dict(source.state_dict(), target)
+    assert set(state) == set(target.state_dict())
+    assert {"decoder.anchors", "decoder.valid_mask"} <= set(report.derived)
+    target.load_state_dict(state, strict=True)
