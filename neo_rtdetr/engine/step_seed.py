@@ -11,7 +11,6 @@ rank, whatever happened before. The data pipeline has its own per-sample seeds
 (:mod:`neo_rtdetr.data.build`).
 """
 
-import logging
 import random
 
 import numpy as np
@@ -20,11 +19,9 @@ import torch
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
-from neo_rtdetr.data.build import _TAG_STEP, _derive_seed
+from neo_rtdetr.data.build import _TAG_STEP, _check_seed, _derive_seed
 
 __all__ = ["StepSeedHook", "step_seed"]
-
-logger = logging.getLogger(__name__)
 
 
 def step_seed(seed: int, rank: int, iteration: int) -> int:
@@ -36,36 +33,20 @@ def step_seed(seed: int, rank: int, iteration: int) -> int:
 class StepSeedHook(HookBase):
     """Seeds torch, numpy and ``random`` before every training step from (seed, rank, iteration).
 
-    Register it first, so that nothing draws random numbers between the seeding and the step.
-    The base seed is part of the trainer's checkpoint (``state_dict``), so a run started with a
-    random seed (``seed < 0`` or None) resumes with the same one.
+    Register it first, so that nothing draws random numbers between the seeding and the step. The base seed is
+    ``train.seed``, the data pipeline's seed too (same rule: None is 0, negative is refused): it is not stored in
+    checkpoints, so a resumed run with another ``train.seed`` changes the model's and the data's streams together.
     """
 
     def __init__(self, seed=0):
         """
         Args:
-            seed: base seed (>= 0); None or a negative value draws one at random (logged).
+            seed: base seed (>= 0; None means 0).
         """
-        if seed is None or int(seed) < 0:
-            seed = int(np.random.SeedSequence().generate_state(1, np.uint32)[0])
-            self._drawn = True
-        else:
-            self._drawn = False
-        self.seed = int(seed)
-
-    def before_train(self) -> None:
-        if self._drawn:
-            logger.info(f"StepSeedHook: train.seed is negative, drew the base seed {self.seed} (saved in checkpoints)")
+        self.seed = _check_seed(seed)
 
     def before_step(self) -> None:
         s = step_seed(self.seed, comm.get_rank(), self.trainer.iter)
         torch.manual_seed(s)  # also seeds every CUDA device
         np.random.seed(s & 0xFFFFFFFF)
         random.seed(s)
-
-    def state_dict(self):
-        return {"seed": self.seed}
-
-    def load_state_dict(self, state_dict) -> None:
-        self.seed = int(state_dict["seed"])
-        self._drawn = False

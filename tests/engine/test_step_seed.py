@@ -4,6 +4,7 @@ import random
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
 
 from neo_rtdetr.engine.step_seed import StepSeedHook
@@ -23,12 +24,14 @@ def test_same_iteration_same_numbers_whatever_happened_before():
     assert _draws(hook, 13) != first and _draws(StepSeedHook(8), 12) != first
 
 
-def test_a_drawn_seed_is_saved_and_restored():
-    hook = StepSeedHook(-1)
-    state = hook.state_dict()
-    restored = StepSeedHook(None)
-    restored.load_state_dict(state)
-    assert restored.seed == hook.seed and _draws(restored, 3) == _draws(hook, 3)
+def test_seed_follows_the_data_pipelines_rule():
+    """train.seed seeds the data pipeline too: the same None -> 0 and the same refusal of negative seeds (a drawn
+    seed would make the sample order, and so a resume, irreproducible)."""
+    assert StepSeedHook(None).seed == 0
+    assert _draws(StepSeedHook(None), 3) == _draws(StepSeedHook(0), 3)
+    with pytest.raises(ValueError, match=">= 0"):
+        StepSeedHook(-1)
+    assert StepSeedHook(3).state_dict() == {}  # nothing in checkpoints: the config's seed is the truth after a resume
 
 
 def test_step_seeds_use_the_data_pipelines_derivation_and_tags():
