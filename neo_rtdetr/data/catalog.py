@@ -120,6 +120,15 @@ def register_datasets_from_config(registrations: Optional[Iterable]) -> None:
             instantiate(reg)
 
 
+def _exists(path_manager, path: str) -> bool:
+    """Whether ``path`` (a local path or an iopath URI) exists; True when its handler cannot tell (the loader then
+    fails naming the file if it is missing)."""
+    try:
+        return bool(path_manager.exists(path))
+    except NotImplementedError:
+        return True
+
+
 def check_dataset_files(names: Sequence[str]) -> None:
     """Fail early, naming the missing file, when a registered COCO-format dataset is not on disk.
 
@@ -129,6 +138,7 @@ def check_dataset_files(names: Sequence[str]) -> None:
             datasets, says how ``$DETECTRON2_DATASETS`` is used).
     """
     from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.utils.file_io import PathManager
 
     if isinstance(names, str):
         names = [names]
@@ -138,7 +148,7 @@ def check_dataset_files(names: Sequence[str]) -> None:
         meta = MetadataCatalog.get(name)
         for attr in ("json_file", "image_root"):
             path = getattr(meta, attr, None)
-            if path is not None and not os.path.exists(path):
+            if path is not None and not _exists(PathManager, path):
                 hint = ""
                 if name.startswith("coco_"):
                     hint = (

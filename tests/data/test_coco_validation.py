@@ -15,7 +15,7 @@ from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathManager
 from iopath.common.file_io import PathHandler
 
-from neo_rtdetr.data.catalog import register_coco_format_dataset
+from neo_rtdetr.data.catalog import check_dataset_files, register_coco_format_dataset
 from neo_rtdetr.data.validation import CocoFormatError, read_coco_json, validate_coco_dict
 
 _names = itertools.count()
@@ -209,6 +209,7 @@ def test_annotation_uri_is_resolved_with_path_manager(tmp_path):
     assert read_coco_json(uri) == _coco()
     name = f"t_bad_coco_{next(_names)}"
     register_coco_format_dataset(name=name, json_file=uri, image_root=str(tmp_path))
+    check_dataset_files([name])  # the early file check accepts the URI (its handler cannot say whether it exists)
     dicts = DatasetCatalog.get(name)
     assert [d["image_id"] for d in dicts] == [1, 2] and len(dicts[0]["annotations"]) == 1
     # a URI (or path) to no file is still a clear error naming it as given
