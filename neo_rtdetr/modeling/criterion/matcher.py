@@ -164,8 +164,8 @@ class HungarianMatcher(nn.Module):
         if targets.max_size == 0:
             return PendingMatch(None, None, targets.sizes, num_sets, num_queries)
         labels = targets.labels.clamp(0, pred_logits.shape[-1] - 1)  # padded slots hold -1
+        # [M, B, Q, N_max] in fp32 or fp64 (the logits' dtype, fp16/bf16 promoted): fp64 costs are solved in fp64
         cost = self.pairwise_cost(pred_logits, pred_boxes, labels.unsqueeze(0), targets.boxes.unsqueeze(0))
-        cost = cost.float()  # [M, B, Q, N_max]
         if cost.device.type != "cuda":  # the CPU (nothing to wait for) and other accelerators (a plain copy)
             return PendingMatch(cost.cpu(), None, targets.sizes, num_sets, num_queries)
         host = torch.empty(cost.shape, dtype=cost.dtype, pin_memory=True)
