@@ -91,21 +91,20 @@ class ModelEMA:
         time per call, every step). The keys and their owning modules are resolved once per tracked model;
         each step then reads the current tensor objects from the owners' ``_parameters``/``_buffers``, so a
         parameter or buffer that was reassigned since is still tracked.
+
+        If the model is on another device than the EMA (moved after the EMA was built, or at any later step; the
+        first entry is compared, every step), the EMA copy is moved there once instead of copying every tensor
+        across devices at every step.
         """
         if getattr(self, "_owners_of", None) is not model:
-            model_state = model.state_dict()
-            ema_state = self.module.state_dict()
-            if ema_state:
-                key = next(iter(ema_state))
-                if ema_state[key].device != model_state[key].device:
-                    # The model was moved after the EMA was built: move the EMA once, not every step.
-                    logger.info(f"ModelEMA: moving the EMA copy to {model_state[key].device}, like the model.")
-                    self.module.to(model_state[key].device)
-            self._owners = [
-                (_owner(self.module, k), _owner(model, k)) for k, v in self.module.state_dict().items()
-                if v.dtype.is_floating_point
-            ]
-            self._owners_of = model
+            self._resolve_owners(model)
+        if self._owners:
+            (ema_mod, ema_dict, name), (mod, model_dict, model_name) = self._owners[0]
+            device = getattr(mod, model_dict)[model_name].device
+            if getattr(ema_mod, ema_dict)[name].device != device:
+                logger.info(f"ModelEMA: moving the EMA copy to {device}, like the model.")
+                self.module.to(device)
+                self._resolve_owners(model)
         ema_floats, model_floats = [], []
         for (ema_mod, ema_dict, name), (mod, model_dict, model_name) in self._owners:
             v = getattr(ema_mod, ema_dict)[name]
@@ -115,6 +114,13 @@ class ModelEMA:
             ema_floats.append(v.detach())
             model_floats.append(src)
         return ema_floats, model_floats
+
+    def _resolve_owners(self, model: nn.Module) -> None:
+        self._owners = [
+            (_owner(self.module, k), _owner(model, k)) for k, v in self.module.state_dict().items()
+            if v.dtype.is_floating_point
+        ]
+        self._owners_of = model
 
     @torch.no_grad()
     def copy_from(self, model: nn.Module) -> None:

@@ -62,7 +62,8 @@ class FastInference(nn.Module):
         channels_last: convolution weights and input in channels-last layout.
         cuda_graphs: capture and replay CUDA graphs (CUDA only; ignored on other devices).
         max_graphs: number of input shapes whose graphs are kept.
-        warmup: eager runs before each capture.
+        warmup: eager runs before each capture; at least 1 with ``cuda_graphs`` (the first run creates the
+            per-size constants, which cannot be made from host values inside a capture).
         compile: run the network and the top-k through ``torch.compile`` (static shapes: one compilation per input
             shape, minutes for R50; element-wise operations fused between the convolutions).
     """
@@ -86,6 +87,11 @@ class FastInference(nn.Module):
             raise ValueError(f"FastInference: dtype must be bfloat16, float16 or float32, got {dtype}")
         if max_graphs < 1:
             raise ValueError("FastInference: max_graphs must be >= 1")
+        if cuda_graphs and warmup < 1:
+            raise ValueError(
+                f"FastInference: warmup must be >= 1 with cuda_graphs (got {warmup}): the first run creates the "
+                "per-size box scale, which cannot be copied from the host inside a graph capture"
+            )
         net = copy.deepcopy(model).convert_to_deploy()
         net.requires_grad_(False)
         # pixel_mean/std stay float32 (preprocessing); everything else in `dtype`

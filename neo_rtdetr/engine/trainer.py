@@ -38,6 +38,15 @@ def _world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+def _loss_scalar(key: str, value: torch.Tensor) -> torch.Tensor:
+    """A loss term as a 0-dim fp32 tensor: shape [] or any one-element shape (e.g. [1] from a custom model)."""
+    if value.numel() != 1:
+        raise ValueError(
+            f"RTDETRTrainer: loss {key!r} has shape {tuple(value.shape)}; every loss must be a scalar (one element)"
+        )
+    return value.float().reshape(())
+
+
 class RTDETRTrainer(SimpleTrainer):
     """Single-optimizer trainer for RT-DETR-style models that return a dict of scalar losses.
 
@@ -170,7 +179,7 @@ class RTDETRTrainer(SimpleTrainer):
             loss_dict = self.model(data)
         if isinstance(loss_dict, torch.Tensor):
             loss_dict = {"total_loss": loss_dict}
-        values = torch.stack([v.float() for v in loss_dict.values()])
+        values = torch.stack([_loss_scalar(k, v) for k, v in loss_dict.items()])
         losses = values.sum()
 
         self.optimizer.zero_grad(set_to_none=True)

@@ -139,3 +139,24 @@ def test_ema_tracks_tensors_reassigned_after_the_first_update():
     ema.update(model)
     torch.testing.assert_close(ema.module[1].running_mean, 0.5 * before_mean + 0.5 * 4.0)
     torch.testing.assert_close(ema.module[0].weight, 0.5 * before_w + 0.5 * 2.0)
+
+
+def test_ema_follows_a_model_moved_after_the_first_update(monkeypatch):
+    """The device check runs every step (first entry only): a model moved after the first update takes the EMA
+    copy with it once, instead of a cross-device copy of every tensor at every step (here the 'meta' device)."""
+    model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    ema = ModelEMA(model, decay=0.5, warmups=0)
+    ema.update(model)
+    moves = []
+    real_to = nn.Module.to
+
+    def counting_to(self, *args, **kwargs):
+        moves.append(args)
+        return real_to(self, *args, **kwargs)
+
+    monkeypatch.setattr(nn.Module, "to", counting_to)
+    model.to("meta")
+    ema.update(model)
+    ema.update(model)
+    assert len(moves) == 2  # the model's move, then the EMA's, once
+    assert all(v.device.type == "meta" for v in ema.module.state_dict().values())

@@ -107,6 +107,9 @@ def test_detect_tensor_api_and_argument_checks():
         FastInference(model, dtype=torch.int8)
     with pytest.raises(TypeError, match="RTDETR"):
         FastInference(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="warmup"):  # (the capture would copy the box scale from the host)
+        FastInference(model, cuda_graphs=True, warmup=0)
+    assert FastInference(model, dtype=torch.float32, cuda_graphs=False, warmup=0).warmup == 0
     assert not fast.training and not fast.net.training
     fast.eval()  # what detectron2's inference_context does, before and after
     with pytest.raises(RuntimeError, match="inference-only"):

@@ -194,3 +194,39 @@ def test_state_dict_round_trip():
     assert trainer2.grad_scaler.get_scale() == 128.0
     s1, s2 = optimizer.state_dict()["state"], optimizer2.state_dict()["state"]
     assert s1.keys() == s2.keys() and all(torch.equal(s1[i]["exp_avg"], s2[i]["exp_avg"]) for i in s1)
+
+
+class _ShapedLosses(ToyDetector):
+    """ToyDetector whose losses have other one-element shapes (or, with ``bad``, one that is not a scalar)."""
+
+    def __init__(self, bad: bool = False):
+        super().__init__()
+        self.bad = bad
+
+    def forward(self, batch):
+        losses = super().forward(batch)
+        losses["loss_mse"] = losses["loss_mse"].reshape(1)
+        losses["loss_l1"] = losses["loss_l1"].reshape(1, 1)
+        if self.bad:
+            losses["loss_vec"] = torch.stack([losses["loss_l1"].reshape(()), losses["loss_l1"].reshape(())])
+        return losses
+
+
+def test_one_element_losses_of_any_shape_are_summed_and_logged():
+    loader = ToyLoader()
+    reference = ToyDetector()
+    with torch.no_grad():
+        expected = {k: float(v) for k, v in reference(loader.batch(0)).items()}
+    model = _ShapedLosses()
+    trainer = RTDETRTrainer(model, loader, torch.optim.SGD(model.parameters(), lr=0.01), precision="fp32")
+    trainer.train(0, 1)
+    for key, value in expected.items():
+        assert trainer.storage.history(key).values()[-1][0] == pytest.approx(value, rel=1e-6)
+    assert trainer.storage.history("total_loss").values()[-1][0] == pytest.approx(sum(expected.values()), rel=1e-6)
+
+
+def test_a_loss_with_several_elements_is_an_error_naming_it():
+    model = _ShapedLosses(bad=True)
+    trainer = RTDETRTrainer(model, ToyLoader(), torch.optim.SGD(model.parameters(), lr=0.01), precision="fp32")
+    with pytest.raises(ValueError, match=r"loss 'loss_vec' has shape \(2,\)"):
+        trainer.train(0, 1)

@@ -13,7 +13,7 @@ from torch import nn
 from neo_rtdetr.modeling.backbone.presnet import PResNet
 from neo_rtdetr.modeling.layers.avg_pool import AvgPool2x2
 from neo_rtdetr.modeling.layers.conv_norm import ConvNormLayer, get_activation
-from neo_rtdetr.modeling.layers.frozen_batch_norm import FrozenBatchNorm2d
+from neo_rtdetr.modeling.layers.frozen_batch_norm import FrozenBatchNorm2d, bn_scale_shift
 
 
 def count_with_frozen_affine(module: nn.Module) -> int:
@@ -223,8 +223,8 @@ def test_get_activation():
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
-def test_frozen_bn_fused_gradient_path_equals_the_formula(dtype):
-    """With gradients (one addcmul) and without (F.batch_norm): y = (x - mean) / sqrt(var + eps) * w + b."""
+def test_frozen_bn_equals_the_formula_with_and_without_gradients(dtype):
+    """With gradients and without (F.batch_norm): y = (x - mean) / sqrt(var + eps) * w + b."""
     g = torch.Generator().manual_seed(0)
     bn = FrozenBatchNorm2d(3).to(torch.float64)
     bn.weight.copy_(torch.rand(3, generator=g, dtype=torch.float64) + 0.5)
@@ -267,3 +267,37 @@ def test_conv_norm_layer_folds_a_frozen_bn_with_the_same_values_and_gradients():
     torch.testing.assert_close(gw, rw, rtol=1e-10, atol=1e-12)
     with torch.no_grad():  # no-grad path: detectron2's F.batch_norm
         torch.testing.assert_close(layer(x), reference.detach(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_bn_scale_shift_is_the_inference_batch_norm(frozen):
+    g = torch.Generator().manual_seed(2)
+    bn = nn.BatchNorm2d(5).double().eval()
+    for t in (bn.weight, bn.bias, bn.running_mean):
+        t.data.copy_(torch.randn(5, generator=g, dtype=torch.float64))
+    bn.running_var.copy_(torch.rand(5, generator=g, dtype=torch.float64) + 0.5)
+    if frozen:
+        bn = FrozenBatchNorm2d.convert_frozen_batchnorm(bn)
+    x = torch.randn(2, 5, 3, 4, generator=g, dtype=torch.float64)
+    scale, shift = bn_scale_shift(bn)
+    assert scale.shape == shift.shape == (5,)
+    with torch.no_grad():
+        folded = x * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
+        torch.testing.assert_close(folded, bn(x), rtol=1e-12, atol=1e-12)
+
+
+def test_frozen_bns_of_the_backbone_only_run_without_gradients():
+    """Every frozen BN of PResNet sits in a ConvNormLayer, which folds it when gradients are enabled: the frozen
+    BN's own forward (detectron2's, F.batch_norm without gradients) is never called with gradients."""
+    bb = PResNet(depth=18, freeze_at=-1, freeze_norm=True)
+    frozen = [m for m in bb.modules() if isinstance(m, FrozenBatchNorm2d)]
+    assert frozen
+    calls = []
+    for m in frozen:
+        m.register_forward_hook(lambda mod, inp, out: calls.append(torch.is_grad_enabled()))
+    x = torch.randn(1, 3, 64, 64, requires_grad=True)
+    sum(f.sum() for f in bb(x).values()).backward()
+    assert calls == []
+    with torch.no_grad():
+        bb(x)
+    assert len(calls) == len(frozen) and not any(calls)

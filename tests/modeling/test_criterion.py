@@ -505,3 +505,25 @@ def test_shape_and_meta_checks():
     del out["dn_meta"]
     with pytest.raises(ValueError, match="dn_meta"):
         crit(out, targets)
+
+
+def test_dn_index_value_check_runs_on_the_host_only(monkeypatch):
+    """Off the CPU the dn indices are neither value-checked nor concatenated (no device work for nothing)."""
+    targets = [{"labels": torch.zeros(n, dtype=torch.long)} for n in (2, 1)]
+    group, num_dn = 2, 12
+    meta = {"dn_num_group": group, "dn_num_split": [num_dn, 5]}
+    calls = []
+    real_cat = torch.cat
+
+    def counting_cat(*args, **kwargs):
+        calls.append(1)
+        return real_cat(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "cat", counting_cat)
+    # out of range, but on a non-CPU device (meta): shapes checked, values not, nothing concatenated
+    meta["dn_positive_idx"] = [torch.full((n * group,), 100, device="meta") for n in (2, 1)]
+    RTDETRCriterion._check_dn(meta, targets, num_dn)
+    assert not calls
+    meta["dn_positive_idx"] = [torch.full((n * group,), 100) for n in (2, 1)]
+    with pytest.raises(ValueError, match="dn_positive_idx must index"):
+        RTDETRCriterion._check_dn(meta, targets, num_dn)

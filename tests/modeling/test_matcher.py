@@ -236,3 +236,21 @@ def test_batched_matching_checks_labels_and_shapes():
         m.start_matching(torch.zeros(1, 3, 4), torch.rand(1, 3, 4), padded)
     with pytest.raises(ValueError, match="targets for a batch"):
         m.start_matching(torch.zeros(1, 2, 3, 5), torch.rand(1, 2, 3, 4), padded)
+
+
+@pytest.mark.parametrize("eps", [1e-10, -1e-10])
+def test_float64_costs_are_solved_in_float64(eps):
+    """fp64 costs that differ below fp32 resolution still give the exact optimum (no rounding to fp32)."""
+    # L1 cost only, along x: queries at 0.3 and 0.7, targets at 0.5 + eps and 0.5 (equal in fp32). Matching
+    # query 0 to target 0 costs 2 * eps more than the crossed assignment.
+    m = HungarianMatcher(cost_class=0.0, cost_bbox=1.0, cost_giou=0.0)
+    boxes = torch.tensor([[0.3, 0.5, 0.2, 0.2], [0.7, 0.5, 0.2, 0.2]], dtype=torch.float64)
+    targets = [_target([0, 0], [[0.5 + eps, 0.5, 0.2, 0.2], [0.5, 0.5, 0.2, 0.2]], dtype=torch.float64)]
+    logits = torch.zeros(1, 1, 2, 1, dtype=torch.float64)
+    pending = m.start_matching(logits, boxes[None, None], PaddedTargets.from_list(targets, torch.device("cpu")))
+    assert pending._cost.dtype == torch.float64
+    expected = [1, 0] if eps > 0 else [0, 1]
+    (((src, tgt),),) = pending.result()
+    assert src.tolist() == [0, 1] and tgt.tolist() == expected
+    ((src, tgt),) = m({"pred_logits": logits[0], "pred_boxes": boxes[None]}, targets)
+    assert src.tolist() == [0, 1] and tgt.tolist() == expected

@@ -32,6 +32,41 @@ def test_nan_or_inf_pixels_are_an_error_naming_the_image(model):
     assert len(model([{"image": good * 255}])) == 1  # finite float images are fine
 
 
+def test_finiteness_is_checked_once_per_batch(model, monkeypatch):
+    """One reduction (and on an accelerator one read-back) for the whole batch, not one per image."""
+    calls = []
+    real_isfinite = torch.isfinite
+    monkeypatch.setattr(torch, "isfinite", lambda t: calls.append(tuple(t.shape)) or real_isfinite(t))
+    bad = torch.rand(3, 32, 48)
+    bad[0, 31, 47] = float("nan")  # the last pixel of the last image, smaller than the padded batch
+    batch = [{"image": torch.rand(3, 64, 64)}, {"image": torch.rand(3, 40, 64)}, {"image": bad, "image_id": 7}]
+    with pytest.raises(ValueError, match=r"batched_inputs\[2\]\['image'\] \(image_id=7\) has NaN or inf"):
+        model.preprocess_image(batch)
+    assert calls == [(3, 3, 64, 64)]
+    calls.clear()
+    model.preprocess_image(batch[:2])
+    model.preprocess_image([{"image": torch.zeros(3, 64, 64, dtype=torch.uint8)}])  # integer images: no check
+    assert calls == [(2, 3, 64, 64)]
+
+
+def test_padding_is_zero_after_normalisation_for_each_image_size():
+    from detectron2.config import LazyConfig, instantiate
+
+    cfg = LazyConfig.load("configs/common/models/rtdetr_tiny.py")
+    cfg.model.pixel_mean = [123.675, 116.28, 103.53]  # a nonzero mean: the padding has to be masked
+    cfg.model.pixel_std = [58.395, 57.12, 57.375]
+    model = instantiate(cfg.model)
+    gen = torch.Generator().manual_seed(3)
+    sizes = [(64, 40), (50, 64), (64, 64)]
+    batch = [{"image": torch.randint(0, 256, (3, h, w), generator=gen, dtype=torch.uint8)} for h, w in sizes]
+    images = model.preprocess_image(batch)
+    assert images.image_sizes == sizes and images.tensor.shape == (3, 3, 64, 64)
+    for b, (h, w) in enumerate(sizes):
+        expected = (batch[b]["image"].float() - model.pixel_mean) / model.pixel_std
+        torch.testing.assert_close(images.tensor[b, :, :h, :w], expected, rtol=0, atol=0)
+        assert not images.tensor[b, :, h:].any() and not images.tensor[b, :, :, w:].any()
+
+
 # tiny model: 50 queries, strides 8/16/32. 7x10 -> 32x32 (21 tokens) -> 64x32 (42) -> 64x64 (84 >= 50);
 # 31x100 -> 32x128 already has 64 + 16 + 4 = 84 tokens.
 @pytest.mark.parametrize("h, w, padded", [(7, 10, (64, 64)), (20, 20, (64, 64)), (31, 100, (32, 128))])

@@ -160,19 +160,19 @@ class HungarianMatcher(nn.Module):
             raise ValueError(f"HungarianMatcher: {len(targets.sizes)} targets for a batch of {pred_logits.shape[1]}")
         if check_labels:
             self._check_labels(targets.labels_flat, pred_logits.shape[-1])
-        num_sets, bs, num_queries, _ = pred_logits.shape
+        num_sets = pred_logits.shape[0]
         if targets.max_size == 0:
-            return PendingMatch(None, None, targets.sizes, num_sets, num_queries)
+            return PendingMatch(None, None, targets.sizes, num_sets)
         labels = targets.labels.clamp(0, pred_logits.shape[-1] - 1)  # padded slots hold -1
+        # [M, B, Q, N_max] in fp32 or fp64 (the logits' dtype, fp16/bf16 promoted): fp64 costs are solved in fp64
         cost = self.pairwise_cost(pred_logits, pred_boxes, labels.unsqueeze(0), targets.boxes.unsqueeze(0))
-        cost = cost.float()  # [M, B, Q, N_max]
         if cost.device.type != "cuda":  # the CPU (nothing to wait for) and other accelerators (a plain copy)
-            return PendingMatch(cost.cpu(), None, targets.sizes, num_sets, num_queries)
+            return PendingMatch(cost.cpu(), None, targets.sizes, num_sets)
         host = torch.empty(cost.shape, dtype=cost.dtype, pin_memory=True)
         host.copy_(cost, non_blocking=True)
         event = torch.cuda.Event()
         event.record()
-        return PendingMatch(host, event, targets.sizes, num_sets, num_queries)
+        return PendingMatch(host, event, targets.sizes, num_sets)
 
     @torch.no_grad()
     def forward(
@@ -199,14 +199,13 @@ class PaddedTargets:
 
     Attributes:
         sizes: host list of the number of boxes per image (B ints).
-        labels_flat: [sum n_i] int64; boxes_flat: [sum n_i, 4] (the concatenation, image-major).
+        labels_flat: [sum n_i] int64 (the concatenation, image-major).
         labels: [B, N_max] int64, -1 in padded slots; boxes: [B, N_max, 4], 0.5 (a valid box) in padded slots.
     """
 
-    def __init__(self, sizes: List[int], labels_flat: Tensor, boxes_flat: Tensor, labels: Tensor, boxes: Tensor):
+    def __init__(self, sizes: List[int], labels_flat: Tensor, labels: Tensor, boxes: Tensor):
         self.sizes = sizes
         self.labels_flat = labels_flat
-        self.boxes_flat = boxes_flat
         self.labels = labels
         self.boxes = boxes
 
@@ -230,18 +229,17 @@ class PaddedTargets:
             image_idx, slot_idx = to_device(torch.stack([image_idx, slot_idx]), device).unbind(0)
             labels[image_idx, slot_idx] = labels_flat
             boxes[image_idx, slot_idx] = boxes_flat
-        return cls(sizes, labels_flat, boxes_flat, labels, boxes)
+        return cls(sizes, labels_flat, labels, boxes)
 
 
 class PendingMatch:
     """The host side of a queued matching: :meth:`result` waits for the costs and solves the assignments."""
 
-    def __init__(self, cost: Optional[Tensor], event, sizes: List[int], num_sets: int, num_queries: int):
+    def __init__(self, cost: Optional[Tensor], event, sizes: List[int], num_sets: int):
         self._cost = cost
         self._event = event
         self._sizes = sizes
         self._num_sets = num_sets
-        self._num_queries = num_queries
 
     def result(self) -> List[List[Tuple[np.ndarray, np.ndarray]]]:
         """Per set, per image ``(src_idx, tgt_idx)`` int64 numpy arrays of length min(Q, n_i), src ascending."""

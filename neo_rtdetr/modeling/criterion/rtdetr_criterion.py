@@ -171,11 +171,12 @@ class RTDETRCriterion(nn.Module):
                     f"RTDETRCriterion: image {i} has {n} gt and {group} dn groups but dn_positive_idx has shape "
                     f"{tuple(p.shape)} (expected [{n * group}])"
                 )
-        all_pos = torch.cat([p.reshape(-1) for p in pos])
         # value check on the host only: on an accelerator it would cost a synchronisation per step (the indices
         # come from the denoising module, whose shapes were checked above)
-        on_host = all_pos.device.type == "cpu"
-        if on_host and all_pos.numel() > 0 and bool(((all_pos < 0) | (all_pos >= num_dn_queries)).any()):
+        if not pos or any(p.device.type != "cpu" for p in pos):
+            return
+        all_pos = torch.cat([p.reshape(-1) for p in pos])
+        if all_pos.numel() > 0 and bool(((all_pos < 0) | (all_pos >= num_dn_queries)).any()):
             raise ValueError(f"RTDETRCriterion: dn_positive_idx must index the {num_dn_queries} dn queries")
 
     # ------------------------------------------------------------------ helpers

@@ -315,8 +315,7 @@ def ms_deform_attn_core(
     for export (ONNX, ``torch.export``) the reference is used, so exported graphs hold standard operators only.
     """
     if value.is_cuda and sampling_locations.is_cuda and not is_graph_capture():
-        shapes = spatial_shapes_as_list(spatial_shapes)
+        shapes = spatial_shapes_as_list(spatial_shapes)  # (a tensor is read back once, here)
         if _unsupported_reason(value, shapes, sampling_locations) is None:
-            _check_shapes(value, shapes, sampling_locations, attention_weights)
-            return _msda_op(value, [v for hw in shapes for v in hw], sampling_locations, attention_weights)
+            return ms_deform_attn_triton(value, shapes, sampling_locations, attention_weights)
     return multi_scale_deformable_attention(value, spatial_shapes, sampling_locations, attention_weights)

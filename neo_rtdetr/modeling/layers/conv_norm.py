@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from detectron2.layers import FrozenBatchNorm2d
 from torch import Tensor, nn
 
+from .frozen_batch_norm import bn_scale_shift
+
 __all__ = ["ConvNormLayer", "get_activation"]
 
 _ACTIVATIONS = {
@@ -93,8 +95,7 @@ class ConvNormLayer(nn.Module):
         """
         if torch.is_grad_enabled() and isinstance(self.norm, FrozenBatchNorm2d):
             norm, conv = self.norm, self.conv
-            scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
-            shift = norm.bias - norm.running_mean * scale
+            scale, shift = bn_scale_shift(norm)
             if conv.bias is not None:
                 shift = shift + conv.bias * scale
             weight = conv.weight * scale.reshape(-1, 1, 1, 1)

@@ -6,32 +6,33 @@ detectron2's ``FrozenBatchNorm2d`` has the right buffers (``weight``, ``bias``, 
 ``FrozenBatchNorm2d`` (and HF's) silently drop them; this subclass does the same.
 """
 
-import torch
+from typing import Tuple
+
 from detectron2.layers import FrozenBatchNorm2d as _D2FrozenBatchNorm2d
 from torch import Tensor, nn
 
-__all__ = ["FrozenBatchNorm2d", "freeze_batch_norm"]
+__all__ = ["FrozenBatchNorm2d", "bn_scale_shift", "freeze_batch_norm"]
+
+
+def bn_scale_shift(norm: nn.Module) -> Tuple[Tensor, Tensor]:
+    """Per-channel ``(scale, shift)`` ``[C]`` with ``norm(x) == x * scale + shift`` for a BN that uses its running
+    statistics (a frozen BN, or ``nn.BatchNorm2d`` in eval mode): ``scale = weight / sqrt(running_var + eps)``,
+    ``shift = bias - running_mean * scale``. In the buffers' dtype; differentiable (no ``no_grad``)."""
+    scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
+    shift = norm.bias - norm.running_mean * scale
+    return scale, shift
 
 
 class FrozenBatchNorm2d(_D2FrozenBatchNorm2d):
     """detectron2's ``FrozenBatchNorm2d`` that ignores ``num_batches_tracked`` when loading.
 
     Shapes: input ``[B, C, H, W]`` -> output ``[B, C, H, W]``;
-    ``y = (x - running_mean) / sqrt(running_var + eps) * weight + bias`` per channel.
+    ``y = (x - running_mean) / sqrt(running_var + eps) * weight + bias`` per channel (detectron2's forward).
+
+    The frozen BNs of the models here all sit in :class:`~neo_rtdetr.modeling.layers.conv_norm.ConvNormLayer`,
+    which folds them into its convolution whenever gradients are enabled, so the forward only runs without
+    gradients (detectron2's single ``F.batch_norm``).
     """
-
-    def forward(self, x: Tensor) -> Tensor:
-        """``x * scale + shift`` per channel, in ``x``'s dtype.
-
-        When gradients flow (the frozen backbone still back-propagates to its trainable convolutions) this is one
-        fused ``addcmul`` pass over the activation instead of detectron2's multiply then add (two passes); without
-        gradients it is detectron2's single ``F.batch_norm``.
-        """
-        if not x.requires_grad:
-            return super().forward(x)
-        scale = self.weight * (self.running_var + self.eps).rsqrt()
-        shift = self.bias - self.running_mean * scale
-        return torch.addcmul(shift.to(x.dtype).reshape(1, -1, 1, 1), x, scale.to(x.dtype).reshape(1, -1, 1, 1))
 
     def _load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from detectron2.layers import FrozenBatchNorm2d as _D2FrozenBatchNorm2d
 
 from .conv_norm import ConvNormLayer
+from .frozen_batch_norm import bn_scale_shift
 
 __all__ = ["fold_conv_bn", "fold_batch_norms"]
 
@@ -27,9 +28,7 @@ def fold_conv_bn(conv: nn.Conv2d, norm: nn.Module) -> Tuple[Tensor, Tensor]:
         norm: ``nn.BatchNorm2d`` (its running statistics are used) or a frozen BN (weight, bias, running_mean,
             running_var, eps).
     """
-    std = (norm.running_var + norm.eps).sqrt()
-    scale = norm.weight / std
-    bias = norm.bias - norm.running_mean * scale
+    scale, bias = bn_scale_shift(norm)
     if conv.bias is not None:
         bias = bias + conv.bias * scale
     return conv.weight * scale.reshape(-1, 1, 1, 1), bias

@@ -114,24 +114,34 @@ class RTDETR(nn.Module):
             if not isinstance(image, Tensor) or image.dim() != 3 or image.shape[0] != 3:
                 shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
                 raise ValueError(f"batched_inputs[{i}]['image'] must be a [3, H, W] tensor, got {shape}")
-            if image.is_floating_point() and not bool(torch.isfinite(image).all()):
-                raise ValueError(
-                    f"batched_inputs[{i}]['image'] (image_id={x.get('image_id')!r}) has NaN or inf pixel values; "
-                    "the detections of such an image would be NaN"
-                )
             images.append(to_device(image, self.device))  # the loader's pinned images: asynchronous copies
         if len({im.dtype for im in images}) > 1:
             images = [im.to(self.pixel_mean.dtype) for im in images]
         raw = ImageList.from_tensors(images, self.size_divisibility)  # padded on the device, in the input dtype
+        if raw.tensor.is_floating_point():  # (zero padding is finite)
+            self._check_finite(raw.tensor, batched_inputs)
         x = raw.tensor.to(self.pixel_mean.dtype)
         x = (x - self.pixel_mean) / self.pixel_std
         H, W = x.shape[-2:]
         if self._nonzero_mean and any((h, w) != (H, W) for h, w in raw.image_sizes):
-            valid = torch.zeros((len(images), 1, H, W), dtype=torch.bool, device=x.device)
-            for i, (h, w) in enumerate(raw.image_sizes):
-                valid[i, :, :h, :w] = True
-            x = x * valid
+            # zero the padding: valid[b, 0, y, x] = y < h_b and x < w_b
+            sizes = to_device(torch.tensor([[int(h), int(w)] for h, w in raw.image_sizes]), x.device)
+            rows = torch.arange(H, device=x.device) < sizes[:, :1]  # [B, H]
+            cols = torch.arange(W, device=x.device) < sizes[:, 1:]  # [B, W]
+            x = x * (rows[:, None, :, None] & cols[:, None, None, :])
         return self._pad_to_min_tokens(ImageList(x, raw.image_sizes))
+
+    @staticmethod
+    def _check_finite(batch: Tensor, batched_inputs: List[Dict]) -> None:
+        """ValueError naming the first image of ``batch`` [B, 3, H, W] with NaN or inf values: one reduction over
+        the batch and one read-back (one device synchronisation per batch, not per image)."""
+        finite = torch.isfinite(batch).flatten(1).all(dim=1).tolist()
+        for i, ok in enumerate(finite):
+            if not ok:
+                raise ValueError(
+                    f"batched_inputs[{i}]['image'] (image_id={batched_inputs[i].get('image_id')!r}) has NaN or inf "
+                    "pixel values; the detections of such an image would be NaN"
+                )
 
     def _pad_to_min_tokens(self, images: ImageList) -> ImageList:
         """Zero-pad (bottom/right) a batch whose encoder memory would hold fewer tokens than the
