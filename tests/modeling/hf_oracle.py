@@ -31,21 +31,27 @@ def randomize(module: nn.Module, seed: int = 0) -> None:
                 t.copy_(torch.randn(t.shape, generator=g) * t[0].numel() ** -0.5)
 
 
+def hf_r18_kwargs() -> dict:
+    """HF config arguments of the official r18vd (v1 and v2): basic blocks, 3 decoder layers, trainable BN."""
+    from transformers.models.rt_detr.configuration_rt_detr_resnet import RTDetrResNetConfig
+
+    return dict(
+        backbone_config=RTDetrResNetConfig(
+            hidden_sizes=[64, 128, 256, 512], depths=[2, 2, 2, 2], layer_type="basic", out_indices=[2, 3, 4]
+        ),
+        encoder_in_channels=[128, 256, 512],
+        hidden_expansion=0.5,
+        decoder_layers=3,
+        freeze_backbone_batch_norms=False,  # official r18: trainable BN
+    )
+
+
 def hf_config(size: str, **overrides):
     """HF RTDetrConfig of the official r18vd / r50vd (80 classes), eager attention."""
     import transformers
-    from transformers.models.rt_detr.configuration_rt_detr_resnet import RTDetrResNetConfig
 
     if size == "r18":
-        kwargs = dict(
-            backbone_config=RTDetrResNetConfig(
-                hidden_sizes=[64, 128, 256, 512], depths=[2, 2, 2, 2], layer_type="basic", out_indices=[2, 3, 4]
-            ),
-            encoder_in_channels=[128, 256, 512],
-            hidden_expansion=0.5,
-            decoder_layers=3,
-            freeze_backbone_batch_norms=False,  # official r18: trainable BN
-        )
+        kwargs = hf_r18_kwargs()
     elif size == "r50":
         kwargs = {}
     else:

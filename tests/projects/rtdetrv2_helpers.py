@@ -41,18 +41,10 @@ def build_v2(size: str, *, num_classes=None, **decoder_overrides) -> nn.Module:
 def hf_v2_r18(seed: int = 0, **overrides):
     """A random-weight HF ``RTDetrV2ForObjectDetection`` r18vd (80 classes, trainable BN, eager attention), float64."""
     import transformers
-    from transformers.models.rt_detr.configuration_rt_detr_resnet import RTDetrResNetConfig
 
-    kwargs = dict(
-        backbone_config=RTDetrResNetConfig(
-            hidden_sizes=[64, 128, 256, 512], depths=[2, 2, 2, 2], layer_type="basic", out_indices=[2, 3, 4]
-        ),
-        encoder_in_channels=[128, 256, 512],
-        hidden_expansion=0.5,
-        decoder_layers=3,
-        freeze_backbone_batch_norms=False,
-    )
-    kwargs.update(overrides)
+    from ..modeling.hf_oracle import hf_r18_kwargs
+
+    kwargs = {**hf_r18_kwargs(), **overrides}
     cfg = transformers.RTDetrV2Config(num_labels=80, **kwargs)
     cfg._attn_implementation = "eager"  # SDPA + float64 + float32 mask is wrong in torch (hf_and_peers.md §1.7)
     torch.manual_seed(seed)
