@@ -8,10 +8,12 @@ Hugging Face transformers. Differences, all outside the default-config happy pat
   hangs DDP, official issue #672); as in the official v2 fix (#684) it builds one group of one padded slot
   (positive + negative query, box centre 0.5 size 0.1, label = padding index) that has no positives;
 * the box reference is always ``inverse_sigmoid``-ed (official v1 skipped it when ``box_noise_scale <= 0``);
-* everything is created on ``class_embed``'s device (no hard-coded ``.cuda()``).
+* everything is created on ``class_embed``'s device (no hard-coded ``.cuda()``);
+* optionally (``pad_multiple``) the query count is padded to a fixed bucket, so that a compiled decoder sees one
+  shape whatever the batch's box counts (see :func:`get_contrastive_denoising_training_group`).
 """
 
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -35,6 +37,7 @@ def get_contrastive_denoising_training_group(
     num_denoising: int = 100,
     label_noise_ratio: float = 0.5,
     box_noise_scale: float = 1.0,
+    pad_multiple: Optional[int] = None,
 ) -> Tuple[Tensor, Tensor, Tensor, Dict]:
     """Build the noised ground-truth queries of contrastive denoising training.
 
@@ -51,18 +54,25 @@ def get_contrastive_denoising_training_group(
         num_denoising: denoising query budget (> 0).
         label_noise_ratio: twice the label flip probability (0 disables label noise).
         box_noise_scale: box noise scale (0 disables box noise).
+        pad_multiple: if given, append padding queries up to Npad = the next multiple of ``pad_multiple`` (>= Ndn).
+            A padding query has the padding label's embedding and a fixed box, sees only itself and is seen by no
+            other query, so the Ndn real queries and the matching queries get the same outputs as without it; the
+            caller drops the padding outputs (queries Ndn..Npad-1). The random draws are unchanged.
 
     Returns:
-        dn_query_content: [B, Ndn, C] label embeddings (Ndn = 2 * M * G; M = 1, G = 1 when the batch has no box).
-        dn_ref_unact: [B, Ndn, 4] noised boxes as logits (``inverse_sigmoid`` of cxcywh), float32 (float64 when
+        dn_query_content: [B, Npad, C] label embeddings (Ndn = 2 * M * G; M = 1, G = 1 when the batch has no box;
+            Npad = Ndn without ``pad_multiple``).
+        dn_ref_unact: [B, Npad, 4] noised boxes as logits (``inverse_sigmoid`` of cxcywh), float32 (float64 when
             the embedding is float64).
-        attn_mask: [Ndn + num_queries, Ndn + num_queries] bool, True = blocked: the matching queries cannot see
+        attn_mask: [Npad + num_queries, Npad + num_queries] bool, True = blocked: the matching queries cannot see
             the denoising ones and each group cannot see the other groups.
         dn_meta: ``dn_positive_idx`` (list of B LongTensors [n_i * G]: the positive query index, group-major,
             matching ``labels`` tiled G times), ``dn_num_group`` (G), ``dn_num_split`` ([Ndn, num_queries]).
     """
     if num_denoising <= 0:
         raise ValueError("num_denoising must be > 0 (callers skip denoising when it is 0)")
+    if pad_multiple is not None and (int(pad_multiple) != pad_multiple or pad_multiple < 1):
+        raise ValueError(f"pad_multiple must be a positive int or None, got {pad_multiple!r}")
     if len(targets) == 0:
         raise ValueError("targets must hold one dict per image")
     device = class_embed.weight.device
@@ -128,16 +138,26 @@ def get_contrastive_denoising_training_group(
         rand_part = (rand_part + 1.0) * negative_gt_mask + rand_part * (1 - negative_gt_mask)
         known_box = (known_box + rand_sign * rand_part * diff).clamp(min=0.0, max=1.0)
         query_box = box_xyxy_to_cxcywh(known_box)
+
+    # padding to a fixed query count (after the draws: the random stream is the same with and without it)
+    num_pad = 0 if pad_multiple is None else -(-num_dn // pad_multiple) * pad_multiple - num_dn
+    if num_pad:
+        query_class = torch.cat([query_class, query_class.new_full([bs, num_pad], num_classes)], 1)
+        pad_box = query_box.new_tensor([0.5, 0.5, 0.1, 0.1]).expand(bs, num_pad, 4)
+        query_box = torch.cat([query_box, pad_box], 1)
     dn_ref_unact = inverse_sigmoid(query_box).to(out_dtype)
 
     dn_query_content = class_embed(query_class)
 
-    # attention mask, True = blocked
-    size = num_dn + num_queries
+    # attention mask, True = blocked; every padding query is a group of its own
+    num_total = num_dn + num_pad
+    size = num_total + num_queries
     attn_mask = torch.zeros([size, size], dtype=torch.bool, device=device)
-    attn_mask[num_dn:, :num_dn] = True
-    group_id = torch.arange(num_dn, device=device) // (2 * max_gt)
-    attn_mask[:num_dn, :num_dn] = group_id[:, None] != group_id[None, :]
+    attn_mask[num_total:, :num_total] = True
+    group_id = torch.arange(num_total, device=device) // (2 * max_gt)
+    if num_pad:
+        group_id[num_dn:] = num_group + torch.arange(num_pad, device=device)
+    attn_mask[:num_total, :num_total] = group_id[:, None] != group_id[None, :]
 
     dn_meta = {
         "dn_positive_idx": dn_positive_idx,

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..layers.box_ops import inverse_sigmoid
+from ..layers.compiled_function import compiled_function
 from ..layers.mlp import MLP
 from ..layers.tracing import is_graph_capture
 from .denoising import get_contrastive_denoising_training_group
@@ -286,6 +287,10 @@ class RTDETRTransformer(nn.Module):
         self.label_noise_ratio = label_noise_ratio
         self.box_noise_scale = box_noise_scale
         self.learnt_init_query = learnt_init_query
+        #: pad the denoising queries to a multiple of 2 * num_denoising (one shape for a compiled decoder; the
+        #: outputs of the real queries are unchanged, see get_contrastive_denoising_training_group)
+        self.static_denoising_size = False
+        self._body_compile_kwargs: Optional[Dict] = None
 
         self._build_input_proj_layer(feat_channels)
 
@@ -424,8 +429,11 @@ class RTDETRTransformer(nn.Module):
         spatial_shapes: List[Tuple[int, int]],
         denoising_class: Optional[Tensor] = None,
         denoising_bbox_unact: Optional[Tensor] = None,
+        anchors_and_mask: Optional[Tuple[Tensor, Tensor]] = None,
     ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         """IoU-aware query selection (top-k over the max class logit of the encoder head).
+
+        ``anchors_and_mask``: the :meth:`_generate_anchors` result for ``spatial_shapes`` if the caller has it.
 
         Returns:
             target [B, Ndn+Q, C] (content queries, detached unless learnt), ref_unact [B, Ndn+Q, 4] (detached),
@@ -435,8 +443,10 @@ class RTDETRTransformer(nn.Module):
         if num_tokens < self.num_queries:
             raise ValueError(f"memory has {num_tokens} tokens, fewer than num_queries={self.num_queries}")
         # anchors in float32 at least (official: float32 anchors added to the (possibly autocast) head output)
-        anchor_dtype = torch.promote_types(memory.dtype, torch.float32)
-        anchors, valid_mask = self._generate_anchors(spatial_shapes, dtype=anchor_dtype, device=memory.device)
+        if anchors_and_mask is None:
+            anchor_dtype = torch.promote_types(memory.dtype, torch.float32)
+            anchors_and_mask = self._generate_anchors(spatial_shapes, dtype=anchor_dtype, device=memory.device)
+        anchors, valid_mask = anchors_and_mask
 
         output_memory = self.enc_output(valid_mask.to(memory.dtype) * memory)
         enc_outputs_class = self.enc_score_head(output_memory)  # [B, S, K]
@@ -473,6 +483,74 @@ class RTDETRTransformer(nn.Module):
             if feat.dim() != 4 or feat.shape[0] != bs or feat.shape[1] != ch:
                 raise ValueError(f"feats[{i}] must be [B={bs}, {ch}, H, W], got {tuple(feat.shape)}")
 
+    # ------------------------------------------------------------------------------------------------- body
+    def _memory_spatial_shapes(self, feats: Sequence[Tensor]) -> List[Tuple[int, int]]:
+        """(H_l, W_l) of every memory level: the input maps' sizes, then the 3x3 stride-2 convolutions' (extra
+        levels)."""
+        shapes = [(int(f.shape[-2]), int(f.shape[-1])) for f in feats]
+        for _ in range(len(feats), self.num_levels):
+            h, w = shapes[-1]
+            shapes.append(((h - 1) // 2 + 1, (w - 1) // 2 + 1))
+        return shapes
+
+    def _forward_body(
+        self,
+        feats: List[Tensor],
+        anchors_and_mask: Tuple[Tensor, Tensor],
+        denoising_class: Optional[Tensor],
+        denoising_bbox_unact: Optional[Tensor],
+        attn_mask: Optional[Tensor],
+    ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Everything of :meth:`forward` that is tensor computation (what :meth:`compile_body` compiles).
+
+        The anchors come from the caller (cached per size in eager code: a cache read inside a compiled function
+        would make its first and later calls different graphs).
+
+        Args:
+            feats: the input maps [B, C_l, H_l, W_l].
+            anchors_and_mask: :meth:`_generate_anchors` of the memory's spatial shapes ([1, S, 4], [1, S, 1]).
+            denoising_class / denoising_bbox_unact: [B, Ndn, C] / [B, Ndn, 4] denoising queries, or None.
+            attn_mask: [Ndn + Q, Ndn + Q] bool (True = blocked), or None.
+
+        Returns:
+            boxes [L', B, Ndn + Q, 4], logits [L', B, Ndn + Q, K] of the decoder layers (L' = L in training, 1 in
+            eval), and the encoder top-k boxes [B, Q, 4] and logits [B, Q, K_enc].
+        """
+        memory, spatial_shapes = self._get_encoder_input(feats)
+        if anchors_and_mask[0].shape[1] != memory.shape[1]:
+            raise ValueError(f"anchors for {anchors_and_mask[0].shape[1]} tokens, memory has {memory.shape[1]}")
+        target, init_ref_points_unact, enc_topk_bboxes, enc_topk_logits = self._get_decoder_input(
+            memory, spatial_shapes, denoising_class, denoising_bbox_unact, anchors_and_mask
+        )
+        out_bboxes, out_logits = self.decoder(
+            target,
+            init_ref_points_unact,
+            memory,
+            spatial_shapes,
+            self.dec_bbox_head,
+            self.dec_score_head,
+            self.query_pos_head,
+            attn_mask=attn_mask,
+        )
+        return out_bboxes, out_logits, enc_topk_bboxes, enc_topk_logits
+
+    def compile_body(self, **compile_kwargs) -> None:
+        """Run the decoder's computation (:meth:`_forward_body`) through ``torch.compile`` from now on.
+
+        The denoising groups are still drawn eagerly (same random stream as the eager model) and padded to a fixed
+        query count (``static_denoising_size``), so training compiles one graph per input size instead of one per
+        box count. Only the arguments are stored on the module (deep-copy safe, see
+        :func:`~neo_rtdetr.modeling.layers.compiled_function.compiled_function`).
+
+        Args:
+            compile_kwargs: ``torch.compile`` keyword arguments (e.g. ``mode``; default ``dynamic=False``).
+        """
+        self._body_compile_kwargs = {"dynamic": False, **compile_kwargs}
+        self.static_denoising_size = True
+
+    def _body(self):
+        return compiled_function(type(self)._forward_body, getattr(self, "_body_compile_kwargs", None))
+
     # ----------------------------------------------------------------------------------------------- forward
     def forward(self, feats: List[Tensor], targets: Optional[List[Dict[str, Tensor]]] = None) -> Dict:
         """Decode the encoder feature maps into boxes and class logits.
@@ -497,7 +575,6 @@ class RTDETRTransformer(nn.Module):
         """
         self._check_feats(feats)
         bs = feats[0].shape[0]
-        memory, spatial_shapes = self._get_encoder_input(list(feats))
 
         use_dn = self.training and self.num_denoising > 0
         if use_dn:
@@ -511,28 +588,25 @@ class RTDETRTransformer(nn.Module):
                 num_denoising=self.num_denoising,
                 label_noise_ratio=self.label_noise_ratio,
                 box_noise_scale=self.box_noise_scale,
+                pad_multiple=2 * self.num_denoising if self.static_denoising_size else None,
             )
         else:
             denoising_class = denoising_bbox_unact = attn_mask = dn_meta = None
 
-        target, init_ref_points_unact, enc_topk_bboxes, enc_topk_logits = self._get_decoder_input(
-            memory, spatial_shapes, denoising_class, denoising_bbox_unact
+        # anchors in float32 at least (official: float32 anchors added to the (possibly autocast) head output)
+        anchors_and_mask = self._generate_anchors(
+            self._memory_spatial_shapes(feats),
+            dtype=torch.promote_types(feats[0].dtype, torch.float32),
+            device=feats[0].device,
         )
-
-        out_bboxes, out_logits = self.decoder(
-            target,
-            init_ref_points_unact,
-            memory,
-            spatial_shapes,
-            self.dec_bbox_head,
-            self.dec_score_head,
-            self.query_pos_head,
-            attn_mask=attn_mask,
+        out_bboxes, out_logits, enc_topk_bboxes, enc_topk_logits = self._body()(
+            self, list(feats), anchors_and_mask, denoising_class, denoising_bbox_unact, attn_mask
         )
 
         if dn_meta is not None:
-            dn_out_bboxes, out_bboxes = torch.split(out_bboxes, dn_meta["dn_num_split"], dim=2)
-            dn_out_logits, out_logits = torch.split(out_logits, dn_meta["dn_num_split"], dim=2)
+            num_dn, num_dn_padded = dn_meta["dn_num_split"][0], denoising_class.shape[1]
+            dn_out_bboxes, out_bboxes = out_bboxes[:, :, :num_dn], out_bboxes[:, :, num_dn_padded:]
+            dn_out_logits, out_logits = out_logits[:, :, :num_dn], out_logits[:, :, num_dn_padded:]
 
         out = {"pred_logits": out_logits[-1], "pred_boxes": out_bboxes[-1]}
         if self.training:
