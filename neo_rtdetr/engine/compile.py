@@ -4,8 +4,9 @@ The backbone and the hybrid encoder are convolution stacks with many small eleme
 trainable batch norms, activations, residual adds, autocast casts): compiling them fuses those and cuts the
 per-kernel launch cost, which dominates an eager training step on a fast GPU. Their input size is static per
 batch; with multi-scale training each size is compiled once (13 sizes in the official recipe), so the graph cache
-limit is raised accordingly. The decoder layers see a query count that changes with the batch (denoising groups),
-so they are compiled with dynamic shapes.
+limit is raised accordingly. The decoder's computation (input projection, query selection, the layers and heads) is
+compiled with its denoising queries padded to a fixed count (``RTDETRTransformer.compile_body``): the number of
+denoising queries otherwise changes with the batch's box counts, and every new count would be a new graph.
 
 ``nn.Module.compile`` is used, so parameters, buffers and state-dict keys stay where they are (checkpoints, EMA
 and DDP are unaffected); a deep copy of a compiled module is a correct, independent module.
@@ -32,16 +33,22 @@ def compile_model(
     *,
     backbone: bool = True,
     encoder: bool = True,
-    decoder_layers: bool = False,
+    decoder: bool = False,
+    criterion: bool = False,
     mode: Optional[str] = None,
+    backend: str = "inductor",
 ) -> List[str]:
     """Compile the chosen parts of an :class:`~neo_rtdetr.modeling.RTDETR` (a DDP wrapper is unwrapped).
 
     Args:
         model: the model (modified in place).
         backbone / encoder: compile these with static shapes.
-        decoder_layers: compile every decoder layer with dynamic shapes (one graph serves all layers).
+        decoder: compile the decoder's computation with static shapes (denoising queries padded to a fixed count;
+            the groups are still drawn eagerly, so the random stream is the eager one).
+        criterion: compile the criterion's loss terms (dynamic shapes, never CUDA graphs; the matching stays eager).
         mode: ``torch.compile`` mode (``None`` = default).
+        backend: ``torch.compile`` backend (``"aot_eager"`` traces forward and backward graphs without generating
+            code: the CPU tests use it to check the tracing).
 
     Returns:
         the names of the compiled submodules.
@@ -52,16 +59,19 @@ def compile_model(
         logger.info("compile_model: raising torch._dynamo cache_size_limit %d -> %d (one graph per input size)",
                     cache.cache_size_limit, MIN_CACHE_SIZE_LIMIT)
         cache.cache_size_limit = MIN_CACHE_SIZE_LIMIT
+    options = {"backend": backend} if mode is None else {"backend": backend, "mode": mode}
     done = []
     if backbone:
-        model.backbone.compile(dynamic=False, mode=mode)
+        model.backbone.compile(dynamic=False, **options)
         done.append("backbone")
     if encoder:
-        model.encoder.compile(dynamic=False, mode=mode)
+        model.encoder.compile(dynamic=False, **options)
         done.append("encoder")
-    if decoder_layers:
-        for i, layer in enumerate(model.decoder.decoder.layers):
-            layer.compile(dynamic=True, mode=mode)
-        done.append(f"decoder.decoder.layers (x{len(model.decoder.decoder.layers)})")
+    if decoder:
+        model.decoder.compile_body(**options)
+        done.append("decoder")
+    if criterion:
+        model.criterion.compile_losses(backend=backend)
+        done.append("criterion")
     logger.info("compile_model: compiled %s", ", ".join(done) or "nothing")
     return done

@@ -24,10 +24,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.fx.experimental._config as _shape_config
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers.box_ops import box_cxcywh_to_xyxy, elementwise_box_iou, elementwise_generalized_box_iou
+from ..layers.compiled_function import compiled_function
 from .matcher import PaddedTargets
 from ...utils.host_to_device import to_device
 
@@ -84,6 +86,7 @@ class RTDETRCriterion(nn.Module):
         self.weight_dict = {k: float(v) for k, v in weight_dict.items()}
         self.alpha = float(alpha)
         self.gamma = float(gamma)
+        self._loss_compile_kwargs: Optional[Dict] = None
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}, weight_dict={self.weight_dict}, alpha={self.alpha}, gamma={self.gamma}"
@@ -191,6 +194,17 @@ class RTDETRCriterion(nn.Module):
                 dist.all_reduce(num_boxes)
         return torch.clamp(num_boxes / world_size, min=1)[0]
 
+    def compile_losses(self, **compile_kwargs) -> None:
+        """Compute the loss terms of the stacked sets (:meth:`_set_loss_terms`) through ``torch.compile`` from now on
+        (with dynamic shapes: the query count of the denoising sets and the number of matched pairs change with the
+        batch). The matching stays eager. Deep-copy safe (see
+        :func:`~neo_rtdetr.modeling.layers.compiled_function.compiled_function`).
+
+        Args:
+            compile_kwargs: ``torch.compile`` keyword arguments (default ``dynamic=True``).
+        """
+        self._loss_compile_kwargs = {"dynamic": True, **compile_kwargs}
+
     def _set_losses(
         self,
         logits: Tensor,
@@ -210,12 +224,30 @@ class RTDETRCriterion(nn.Module):
         Returns:
             (vfl [S], l1 [S], giou [S]) in the compute dtype (>= float32).
         """
+        kwargs = getattr(self, "_loss_compile_kwargs", None)
+        fn = compiled_function(type(self)._set_loss_terms, kwargs)
+        if kwargs is None:
+            return fn(self, logits, boxes, pairs, targets.labels, targets.boxes, num_boxes)
+        # no "duck" sizes: equal sizes at tracing time (e.g. as many targets as classes) would become guards
+        with _shape_config.patch(use_duck_shape=False):
+            return fn(self, logits, boxes, pairs, targets.labels, targets.boxes, num_boxes)
+
+    def _set_loss_terms(
+        self,
+        logits: Tensor,
+        boxes: Tensor,
+        pairs: Tensor,
+        target_labels: Tensor,
+        target_boxes: Tensor,
+        num_boxes: Tensor,
+    ) -> Tuple[Tensor, Tensor, Tensor]:
+        """:meth:`_set_losses` on the padded target tensors (``PaddedTargets.labels`` [B, N], ``.boxes`` [B, N, 4])."""
         dtype = _compute_dtype(logits.dtype)
         logits, boxes = logits.to(dtype), boxes.to(dtype)
         num_sets, bs, num_queries, num_classes = logits.shape
         set_idx, batch_idx, src_idx, slot_idx = pairs.unbind(0)
-        tgt_labels = targets.labels[batch_idx, slot_idx]
-        tgt_boxes = targets.boxes[batch_idx, slot_idx].to(dtype)
+        tgt_labels = target_labels[batch_idx, slot_idx]
+        tgt_boxes = target_boxes[batch_idx, slot_idx].to(dtype)
         src_boxes = boxes[set_idx, batch_idx, src_idx]  # [P, 4]
 
         # --- varifocal loss ---

@@ -1,0 +1,69 @@
+"""compile_model: the compiled training step (backbone, encoder and decoder under torch.compile, denoising queries
+padded to a fixed count) computes the eager model's losses and gradients; a deep copy (the EMA) stays independent.
+
+Here with the ``aot_eager`` backend: dynamo and AOTAutograd trace the forward and backward graphs as on the GPU,
+without inductor's code generation (minutes for the CPU on this model). Inductor's numerics are checked on the GPU
+(tests/gpu) and the speed by tools/benchmark.py (train variant ``compile_all``)."""
+
+import copy
+
+import torch
+from torch._dynamo.utils import counters
+
+from neo_rtdetr.engine.compile import compile_model
+
+from ..modeling.hf_oracle import randomize
+from ..modeling.test_rtdetr import make_inputs, tiny_model
+
+
+def _step(model, batch, seed):
+    torch.manual_seed(seed)
+    losses = model(copy.deepcopy(batch))
+    sum(losses.values()).backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    return {k: v.detach() for k, v in losses.items()}, grads
+
+
+def test_compiled_training_equals_eager_and_copies_stay_independent():
+    torch.manual_seed(0)
+    eager = tiny_model(num_classes=6)
+    randomize(eager, seed=1)
+    eager.train()
+    compiled = copy.deepcopy(eager)
+    assert compile_model(compiled, decoder=True, criterion=True, backend="aot_eager") == [
+        "backbone", "encoder", "decoder", "criterion"
+    ]
+    assert compiled.decoder.static_denoising_size and not eager.decoder.static_denoising_size
+
+    # two batches with different box counts (6 and 2 at most: 36 and 40 denoising queries, one padded shape)
+    batches = [make_inputs([(96, 128)] * 3, [3, 1, 6], seed=0), make_inputs([(96, 128)] * 3, [2, 2, 1], seed=1)]
+    torch._dynamo.reset()
+    counters.clear()
+    for i, batch in enumerate(batches):
+        ref_losses, ref_grads = _step(eager, batch, seed=10 + i)
+        losses, grads = _step(compiled, batch, seed=10 + i)
+        assert losses.keys() == ref_losses.keys()
+        for k in ref_losses:
+            torch.testing.assert_close(losses[k], ref_losses[k], rtol=1e-5, atol=1e-6, msg=k)
+        assert grads.keys() == ref_grads.keys()
+        atol = 1e-6 * max(float(g.abs().max()) for g in ref_grads.values())
+        for n in ref_grads:
+            torch.testing.assert_close(grads[n], ref_grads[n], rtol=1e-4, atol=atol, msg=n)
+
+    # one graph per compiled part, none recompiled for the second batch (other box counts, same padded size)
+    assert counters["stats"]["unique_graphs"] == 4, dict(counters["stats"])
+
+    # a deep copy (what the EMA keeps) is a separate model: changing it changes its outputs, not the original's
+    copy_ = copy.deepcopy(compiled).eval()
+    compiled.eval()
+    images = make_inputs([(96, 128)] * 2, [0, 0], seed=2)
+    with torch.no_grad():
+        before = compiled(copy.deepcopy(images))
+        for p in copy_.decoder.dec_score_head.parameters():
+            p.add_(1.0)
+        after = compiled(copy.deepcopy(images))
+        changed = copy_(copy.deepcopy(images))
+    for a, b, c in zip(before, after, changed):
+        assert torch.equal(a["instances"].scores, b["instances"].scores)
+        assert not torch.allclose(a["instances"].scores, c["instances"].scores)
