@@ -11,7 +11,9 @@ Rows:
   ``--train-batch`` with 1-19 random boxes per image. Variants (``--train-variants``): ``default`` (the model as
   configured: Triton deformable attention on CUDA, batched matcher/criterion; fused AdamW), ``channels_last``,
   ``pytorch_msda`` (the grid_sample reference core instead of the Triton kernels), ``foreach_adamw``,
-  ``compile`` (channels-last, backbone and encoder under ``torch.compile``), ``compile_all`` (+ decoder layers).
+  ``compile`` (channels-last, backbone and encoder under ``torch.compile``), ``compile_all`` (+ the decoder,
+  denoising queries padded to a fixed count, and the criterion's loss terms), ``compile_graphs`` (``compile_all``
+  with ``mode="reduce-overhead"``: the static-shape parts replayed as CUDA graphs).
 * ``eager`` inference: ``model(list[dict])`` (Detectron2 contract, uint8 images in, Instances out), bf16 autocast
   or fp32. ``fast``: :class:`~neo_rtdetr.engine.fast_inference.FastInference` (deployed bf16/fp32 copy,
   channels-last, CUDA graphs), same contract. ``fast net``: its network + top-k on a normalised float batch (what
@@ -37,7 +39,9 @@ import subprocess
 import sys
 import time
 
-TRAIN_VARIANTS = ("default", "channels_last", "pytorch_msda", "foreach_adamw", "compile", "compile_all")
+TRAIN_VARIANTS = (
+    "default", "channels_last", "pytorch_msda", "foreach_adamw", "compile", "compile_all", "compile_graphs"
+)
 # row names of earlier versions of this script, for --baseline-json
 BASELINE_ALIASES = {"train step (default)": "ours train step", "ours eager": "ours inference"}
 # configs under projects/<Name>/ import their code as projects.<Name>: the repository root must be importable
@@ -82,7 +86,8 @@ def _sync(device):
 
 
 def _time(fn, device, warmup, iters):
-    """Median-free simple mean over ``iters`` calls after ``warmup``; returns (seconds per call, peak GiB)."""
+    """Median-free simple mean over ``iters`` calls after ``warmup``; returns (seconds per call, peak allocated GiB,
+    peak reserved GiB)."""
     import torch
 
     for _ in range(warmup):
@@ -96,7 +101,10 @@ def _time(fn, device, warmup, iters):
     _sync(device)
     elapsed = (time.perf_counter() - start) / iters
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
-    return elapsed, peak
+    # also the reserved peak: the memory pool of CUDA graphs (compile_graphs) is taken while they are recorded (in
+    # the warm-up) and reused by every replay, so the allocated peak of the timed steps leaves it out
+    reserved = torch.cuda.max_memory_reserved() / 2**30 if device.type == "cuda" else float("nan")
+    return elapsed, peak, reserved
 
 
 def _inputs(batch, h, w, num_classes, device, with_targets):
@@ -154,13 +162,16 @@ def bench_train(args, cfg_model, device, record):
     for variant in variants:
         if variant not in TRAIN_VARIANTS:
             raise SystemExit(f"unknown train variant {variant!r}; choose from {TRAIN_VARIANTS}")
-        model = _build(cfg_model, device, channels_last=variant in ("channels_last", "compile", "compile_all")).train()
+        model = _build(cfg_model, device, channels_last=variant == "channels_last" or variant.startswith("compile"))
+        model.train()
         if variant == "pytorch_msda":
             _use_reference_msda(model)
         if variant.startswith("compile"):
             from neo_rtdetr.engine.compile import compile_model
 
-            compile_model(model, decoder_layers=variant == "compile_all")
+            everything = variant != "compile"
+            compile_model(model, decoder=everything, criterion=everything,
+                          mode="reduce-overhead" if variant == "compile_graphs" else None)
         params = [p for p in model.parameters() if p.requires_grad]
         fused = variant != "foreach_adamw" and device.type == "cuda"
         opt = torch.optim.AdamW(params, lr=1e-5, fused=fused) if fused else torch.optim.AdamW(params, lr=1e-5)
@@ -170,6 +181,7 @@ def bench_train(args, cfg_model, device, record):
                 batch = _inputs(args.train_batch, h, w, model.num_classes, device, True)
 
                 def train_step():
+                    torch.compiler.cudagraph_mark_step_begin()  # (compile_graphs: a new step of the CUDA graph trees)
                     with torch.autocast(device.type, dtype=dtypes[prec], enabled=amp):
                         losses = model(batch)
                     loss = torch.stack(list(losses.values())).sum()
@@ -187,9 +199,10 @@ def bench_train(args, cfg_model, device, record):
                         _sync(device)
                         print(f"train step ({variant}) {prec} {h}x{w}: first step (compilation) "
                               f"{time.perf_counter() - t0:.1f} s", flush=True)
-                    t, peak = _time(train_step, device, args.warmup, args.iters)
+                    t, peak, reserved = _time(train_step, device, args.warmup, args.iters)
                     record(what=f"train step ({variant})", precision=prec, size=f"{h}x{w}", batch=args.train_batch,
-                           img_per_s=args.train_batch / t, ms_per_batch=t * 1e3, peak_gib=peak)
+                           img_per_s=args.train_batch / t, ms_per_batch=t * 1e3, peak_gib=peak,
+                           reserved_gib=reserved)
                     if args.profile_train and variant == variants[0]:
                         _profile(train_step, device, args.profile_train, f"{variant} {prec} {h}x{w}", model)
                 except torch.cuda.OutOfMemoryError:
@@ -211,7 +224,8 @@ def _phase_markers(model):
     handles = []
     for name in ("backbone", "encoder", "decoder", "criterion"):
         module = getattr(model, name, None)
-        if module is None:
+        # (a hook inside a compiled module would be traced: a graph break and another graph, only while profiling)
+        if module is None or getattr(module, "_compiled_call_impl", None) is not None:
             continue
         ranges = []
 
@@ -331,12 +345,12 @@ def bench_infer(args, cfg_model, device, record):
                               flush=True)
                 for name, fn in paths.items():
                     try:
-                        t, peak = _time(fn, device, args.warmup, args.iters)
+                        t, peak, reserved = _time(fn, device, args.warmup, args.iters)
                     except torch.cuda.OutOfMemoryError:
                         print(f"{name} {prec} {h}x{w} bs {bs}: out of memory", flush=True)
                         continue
                     record(what=f"ours {name}", precision=prec, size=f"{h}x{w}", batch=bs,
-                           img_per_s=bs / t, ms_per_batch=t * 1e3, peak_gib=peak)
+                           img_per_s=bs / t, ms_per_batch=t * 1e3, peak_gib=peak, reserved_gib=reserved)
         del fast, compiled
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -359,12 +373,12 @@ def bench_hf(args, device, record):
                         hf(pixel_values=x)
 
                 try:
-                    t, peak = _time(hf_infer, device, args.warmup, args.iters)
+                    t, peak, reserved = _time(hf_infer, device, args.warmup, args.iters)
                 except (torch.cuda.OutOfMemoryError, RuntimeError) as e:  # e.g. a size HF's anchors reject
                     print(f"HF {prec} {h}x{w} bs {bs}: {type(e).__name__}: {str(e)[:120]}", flush=True)
                     continue
                 record(what=f"HF transformers {transformers.__version__}", precision=prec, size=f"{h}x{w}",
-                       batch=bs, img_per_s=bs / t, ms_per_batch=t * 1e3, peak_gib=peak)
+                       batch=bs, img_per_s=bs / t, ms_per_batch=t * 1e3, peak_gib=peak, reserved_gib=reserved)
 
 
 # ----------------------------------------------------------------------------------------------- accuracy
@@ -457,7 +471,8 @@ def main(argv=None) -> int:
                 break
         print(
             f"{row['what']:<32} {row['precision']:<5} {row['size']:<10} bs {row['batch']:<3} "
-            f"{row['img_per_s']:9.1f} img/s {row['ms_per_batch']:9.2f} ms  peak {row['peak_gib']:.2f} GiB{ratio}",
+            f"{row['img_per_s']:9.1f} img/s {row['ms_per_batch']:9.2f} ms  peak {row['peak_gib']:.2f} GiB"
+            f" (reserved {row.get('reserved_gib', float('nan')):.2f}){ratio}",
             flush=True,
         )
 
