@@ -22,14 +22,15 @@ inference loading.
 * The RT-DETRv2 decoder's ``anchors`` and ``valid_mask`` buffers are functions of the config's
   ``eval_spatial_size`` (:data:`~neo_rtdetr.checkpoint.convert.ANCHOR_BUFFER_KEYS`): they are never
   loaded from a checkpoint (dropped from its model state, said once at INFO), the model keeps its
-  own, so a checkpoint saved with another ``eval_spatial_size`` (or none) loads.
+  own, so a checkpoint saved with another ``eval_spatial_size`` (or none) loads. The EMA checkpointable
+  (:class:`~neo_rtdetr.engine.ema.ModelEMA`) applies the same rule (:func:`drop_anchor_buffers`) on resume.
 """
 
 import logging
 import os
 import pickle
 import tempfile
-from typing import Any, Callable, Dict, IO, Optional
+from typing import Any, Callable, Dict, IO, List, Optional, Tuple
 
 import torch
 
@@ -38,7 +39,15 @@ from detectron2.checkpoint import DetectionCheckpointer
 from neo_rtdetr.checkpoint.convert import ANCHOR_BUFFER_KEYS, CLASS_DEPENDENT_KEYS
 from neo_rtdetr.data.validation import format_ids
 
-__all__ = ["RTDETRCheckpointer", "UnsafeCheckpointError", "CheckpointMismatchError", "atomic_write"]
+__all__ = [
+    "RTDETRCheckpointer",
+    "UnsafeCheckpointError",
+    "CheckpointMismatchError",
+    "atomic_write",
+    "is_anchor_buffer",
+    "drop_anchor_buffers",
+    "describe_mismatch",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -57,9 +66,48 @@ class CheckpointMismatchError(ValueError):
 _LISTED_KEYS = 6
 
 
-def _is_anchor_buffer(key: str) -> bool:
+def is_anchor_buffer(key: str) -> bool:
     """True for the decoder's ``anchors`` / ``valid_mask`` (also with a DDP ``module.`` prefix)."""
     return bool(ANCHOR_BUFFER_KEYS.match(key[len("module."):] if key.startswith("module.") else key))
+
+
+def drop_anchor_buffers(state: Dict[str, Any]) -> Tuple[Dict[str, Any], List[str]]:
+    """``state`` without the derived anchor buffers, which the model being loaded keeps as its own.
+
+    The RT-DETRv2 decoder's ``anchors`` / ``valid_mask`` (:func:`is_anchor_buffer`) are functions of the
+    config's ``eval_spatial_size``, not learned weights: a state dict saved with another size (or none) must
+    not overwrite them. The one rule for every load of model weights (the model entry, the EMA module).
+
+    Args:
+        state: a model state dict (not modified).
+
+    Returns:
+        ``(kept, dropped)``: a new dict without the anchor buffers (``state`` itself when it has none) and
+        the dropped keys, in ``state``'s order.
+    """
+    dropped = [k for k in state if is_anchor_buffer(k)]
+    if not dropped:
+        return state, dropped
+    return {k: v for k, v in state.items() if not is_anchor_buffer(k)}, dropped
+
+
+def describe_mismatch(shapes, missing, unexpected) -> str:
+    """The parts of a "checkpoint does not fit" message, ``"; "``-joined, each naming its first tensors.
+
+    Args:
+        shapes: (key, checkpoint shape, model shape) of the tensors whose shapes differ.
+        missing: keys of the model that the checkpoint lacks.
+        unexpected: keys of the checkpoint that the model lacks.
+    """
+    parts = []
+    if shapes:
+        listed = (f"{k}: {tuple(a)} in the checkpoint, {tuple(b)} in the model" for k, a, b in shapes)
+        parts.append(f"{len(shapes)} tensors have another shape ({format_ids(listed, _LISTED_KEYS)})")
+    if missing:
+        parts.append(f"{len(missing)} model tensors are not in the checkpoint ({format_ids(missing, _LISTED_KEYS)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} checkpoint tensors are not in the model ({format_ids(unexpected, _LISTED_KEYS)})")
+    return "; ".join(parts)
 
 
 def check_checkpoint_fits(incompatible) -> None:
@@ -73,7 +121,7 @@ def check_checkpoint_fits(incompatible) -> None:
             ``incorrect_shapes`` as (key, checkpoint shape, model shape)).
     """
     def relevant(key: str) -> bool:
-        return not key.endswith("num_batches_tracked") and not _is_anchor_buffer(key)
+        return not key.endswith("num_batches_tracked") and not is_anchor_buffer(key)
 
     shapes = [(k, a, b) for k, a, b in incompatible.incorrect_shapes if relevant(k) and not CLASS_DEPENDENT_KEYS.match(k)]
     wrong_shape = {k for k, _, _ in incompatible.incorrect_shapes}  # fvcore also lists these as missing
@@ -81,18 +129,11 @@ def check_checkpoint_fits(incompatible) -> None:
     unexpected = [k for k in incompatible.unexpected_keys if relevant(k)]
     if not (shapes or missing or unexpected):
         return
-    parts = []
-    if shapes:
-        listed = (f"{k}: {tuple(a)} in the checkpoint, {tuple(b)} in the model" for k, a, b in shapes)
-        parts.append(f"{len(shapes)} tensors have another shape ({format_ids(listed, _LISTED_KEYS)})")
-    if missing:
-        parts.append(f"{len(missing)} model tensors are not in the checkpoint ({format_ids(missing, _LISTED_KEYS)})")
-    if unexpected:
-        parts.append(f"{len(unexpected)} checkpoint tensors are not in the model ({format_ids(unexpected, _LISTED_KEYS)})")
     raise CheckpointMismatchError(
-        "the checkpoint does not fit the model: " + "; ".join(parts) + ". It is probably from another model "
-        "size or architecture (e.g. an R50 checkpoint with an R18 config): use the config it was trained with "
-        "(docs/model_zoo.md). Only the class-dependent heads may differ (fine-tuning with another num_classes)."
+        "the checkpoint does not fit the model: " + describe_mismatch(shapes, missing, unexpected)
+        + ". It is probably from another model size or architecture (e.g. an R50 checkpoint with an R18 config): "
+        "use the config it was trained with (docs/model_zoo.md). Only the class-dependent heads may differ "
+        "(fine-tuning with another num_classes)."
     )
 
 
@@ -250,10 +291,9 @@ class RTDETRCheckpointer(DetectionCheckpointer):
         state = checkpoint.get("model")
         if not isinstance(state, dict):
             return
-        dropped = [k for k in state if _is_anchor_buffer(k)]
+        checkpoint["model"], dropped = drop_anchor_buffers(state)
         if not dropped:
             return
-        checkpoint["model"] = {k: v for k, v in state.items() if k not in dropped}
         self.logger.info(
             f"[Checkpointer] Not loading {', '.join(dropped)} from the checkpoint: they are derived from the "
             "config's eval_spatial_size, the model keeps its own."
@@ -265,7 +305,7 @@ class RTDETRCheckpointer(DetectionCheckpointer):
         if incompatible is not None:
             check_checkpoint_fits(incompatible)
             # the model's own anchors are not "missing": no detectron2 warning about them
-            incompatible.missing_keys[:] = [k for k in incompatible.missing_keys if not _is_anchor_buffer(k)]
+            incompatible.missing_keys[:] = [k for k in incompatible.missing_keys if not is_anchor_buffer(k)]
         return incompatible
 
     def load(self, path: str, checkpointables=None) -> Dict[str, Any]:

@@ -22,6 +22,13 @@ from torch import nn
 
 from detectron2.engine import HookBase
 
+from neo_rtdetr.checkpoint.checkpointer import (
+    CheckpointMismatchError,
+    describe_mismatch,
+    drop_anchor_buffers,
+    is_anchor_buffer,
+)
+
 __all__ = ["ModelEMA", "EMAHook", "ema_weights_for_eval", "unwrap_model"]
 
 logger = logging.getLogger(__name__)
@@ -137,8 +144,25 @@ class ModelEMA:
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         """Restore the EMA weights and update count. ``decay``/``warmups`` keep the constructor
-        values (the config wins); a difference from the saved ones is logged."""
-        self.module.load_state_dict(state_dict["module"], strict=True)
+        values (the config wins); a difference from the saved ones is logged.
+
+        The rule of :class:`~neo_rtdetr.checkpoint.checkpointer.RTDETRCheckpointer` for the model applies: the
+        derived RT-DETRv2 anchor buffers (functions of ``eval_spatial_size``) are never loaded, the EMA keeps its
+        own, so a run resumed with another ``eval_spatial_size`` loads. Every other entry must match exactly.
+
+        Raises:
+            CheckpointMismatchError: (a ``ValueError``) the saved EMA weights miss entries of the model, have
+                others, or tensors of another shape; nothing is loaded then.
+        """
+        state, dropped = drop_anchor_buffers(state_dict["module"])
+        _check_ema_state_fits(state, self.module.state_dict())
+        if dropped:
+            logger.info(
+                f"ModelEMA: not loading {', '.join(dropped)} from the checkpoint: they are derived from the "
+                "config's eval_spatial_size, the EMA keeps its own."
+            )
+        # strict=False only for the EMA's own anchor buffers: everything else was checked above
+        self.module.load_state_dict(state, strict=False)
         self.updates = int(state_dict.get("updates", 0))
         for key in ("decay", "warmups"):
             if key in state_dict and float(state_dict[key]) != float(getattr(self, key)):
@@ -147,6 +171,27 @@ class ModelEMA:
                     f"{key}={getattr(self, key)}."
                 )
         logger.info(f"ModelEMA: loaded EMA weights after {self.updates} updates.")
+
+
+def _check_ema_state_fits(state: Dict[str, Any], own: Dict[str, Any]) -> None:
+    """Raise :class:`CheckpointMismatchError` unless ``state`` has exactly ``own``'s entries and shapes.
+
+    ``own``'s derived anchor buffers may be absent from ``state`` (dropped by :func:`drop_anchor_buffers`).
+    """
+    missing = [k for k in own if k not in state and not is_anchor_buffer(k)]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        (k, tuple(v.shape), tuple(own[k].shape)) for k, v in state.items()
+        if k in own and isinstance(v, torch.Tensor) and isinstance(own[k], torch.Tensor) and v.shape != own[k].shape
+    ]
+    if not (missing or unexpected or shapes):
+        return
+    raise CheckpointMismatchError(
+        "ModelEMA: the checkpoint's EMA weights (ema.module) do not fit the model: "
+        + describe_mismatch(shapes, missing, unexpected) + ". "
+        "Resume with the config the run was trained with; only the derived anchor buffers (eval_spatial_size) "
+        "may differ."
+    )
 
 
 def _owner(module: nn.Module, key: str):

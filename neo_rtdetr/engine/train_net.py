@@ -27,18 +27,56 @@ from neo_rtdetr.engine.preflight import check_evaluation_data, check_training_da
 from neo_rtdetr.engine.step_seed import StepSeedHook
 from neo_rtdetr.engine.trainer import RTDETRTrainer
 
-__all__ = ["resolve_device", "build_model", "wrap_ddp", "do_test", "do_train", "TrainSchedule"]
+__all__ = [
+    "resolve_device",
+    "check_sync_bn_device",
+    "build_model",
+    "wrap_ddp",
+    "do_test",
+    "do_train",
+    "TrainSchedule",
+]
 
 logger = logging.getLogger("neo_rtdetr")
 
 
-def resolve_device(cfg) -> str:
-    """``train.device``, falling back to CPU (said once) when CUDA is asked for but absent."""
+def _device_of(cfg) -> str:
+    """The device ``train.device`` resolves to: itself, or ``"cpu"`` when it asks for CUDA and there is none."""
     device = cfg.train.get("device", "cuda")
     if str(device).startswith("cuda") and not torch.cuda.is_available():
-        logger.warning("train.device=%s but CUDA is not available: running on CPU (AMP off)", device)
-        device = "cpu"
+        return "cpu"
     return device
+
+
+def resolve_device(cfg) -> str:
+    """``train.device``, falling back to CPU (said once) when CUDA is asked for but absent."""
+    asked, device = cfg.train.get("device", "cuda"), _device_of(cfg)
+    if device != asked:
+        logger.warning("train.device=%s but CUDA is not available: running on CPU (AMP off)", asked)
+    return device
+
+
+def check_sync_bn_device(cfg) -> None:
+    """Refuse ``train.sync_bn`` for a multi-process run whose model would not be on CUDA, from the config alone.
+
+    :func:`do_train` calls it first, so the refusal comes before the datasets, the model and the data loader
+    are built; :func:`wrap_ddp` still checks the built model (for callers that build their own).
+
+    Raises:
+        ValueError: several processes, ``train.sync_bn`` and ``train.device`` not CUDA (or CUDA asked for but
+            not available): PyTorch's SyncBatchNorm, and DDP around it, do not run on CPU.
+    """
+    if comm.get_world_size() <= 1 or not cfg.train.get("sync_bn", False):
+        return
+    device = _device_of(cfg)
+    if not str(device).startswith("cuda"):
+        asked = cfg.train.get("device", "cuda")
+        reason = f"train.device={asked!r}" if device == asked else f"train.device={asked!r} but CUDA is not available"
+        raise ValueError(
+            f"train.sync_bn=True needs CUDA, but the model would be on '{device}' ({reason}) with "
+            f"{comm.get_world_size()} processes: PyTorch's SyncBatchNorm (and DDP around it) does not run on CPU. "
+            "Set train.sync_bn=False for CPU (gloo) runs."
+        )
 
 
 def build_model(cfg) -> torch.nn.Module:
@@ -135,6 +173,9 @@ def do_train(cfg, *, resume: bool = False, extra_hooks: Sequence[HookBase] = ())
     """Train ``cfg`` with hooks: per-step seeding, EMA, LR schedule, periodic/best checkpoints,
     COCO eval, writers (and ``train.loss_trace``'s per-iteration loss log).
 
+    A multi-process ``train.sync_bn`` run that would not be on CUDA is refused first
+    (:func:`check_sync_bn_device`), before anything is built.
+
     Before the first step the configuration is checked against the data
     (:func:`neo_rtdetr.engine.preflight.check_training_data`: class counts, usable annotations,
     images with more boxes than queries).
@@ -144,6 +185,7 @@ def do_train(cfg, *, resume: bool = False, extra_hooks: Sequence[HookBase] = ())
         resume: continue from ``train.output_dir``'s last checkpoint when there is one.
         extra_hooks: more hooks, run after the built-in ones (e.g. measurements).
     """
+    check_sync_bn_device(cfg)  # from the config alone, before anything is built
     model = build_model(cfg)
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)

@@ -291,7 +291,7 @@ def phase_sync_bn(spec: Dict, rank: int) -> Dict:
     with torch.no_grad():
         out = model([{"image": (torch.rand(3, 64, 64) * 255).to(torch.uint8), "image_id": 0}])
     res["eval_forward_boxes"] = int(out[0]["instances"].pred_boxes.tensor.shape[0])
-    # training mode: torch refuses SyncBN on CPU; do_train says so before wrapping the model in DDP
+    # training mode: torch refuses SyncBN on CPU; do_train says so before building anything
     try:
         train_net.do_train(cfg)
         res["do_train_error"] = None

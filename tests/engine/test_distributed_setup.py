@@ -96,6 +96,8 @@ def test_do_train_builds_optimizer_ema_and_ddp_from_the_syncbn_model(cfg, two_ra
     monkeypatch.setattr(train_net, "instantiate", instantiate)
     monkeypatch.setattr(train_net, "ModelEMA", RecordingEMA)
     monkeypatch.setattr(train_net, "wrap_ddp", wrap_ddp)
+    # the CPU model stands in for a CUDA one here: the early SyncBN-on-CPU refusal is tested below
+    monkeypatch.setattr(train_net, "check_sync_bn_device", lambda cfg: None)
     with pytest.raises(_Stop):
         train_net.do_train(cfg)
     model = seen["ddp_input"]
@@ -125,3 +127,51 @@ def test_wrap_ddp_refuses_syncbn_on_cpu_with_a_clear_error(two_ranks):
 def test_wrap_ddp_is_a_no_op_for_one_process():
     model = torch.nn.SyncBatchNorm(3)  # allowed: SyncBN without peers is plain BN
     assert train_net.wrap_ddp(model, {"broadcast_buffers": False}) is model
+
+
+@pytest.fixture
+def build_calls(monkeypatch):
+    """The expensive steps of ``do_train`` (dataset registration, model, data loader, any instantiate), recorded
+    instead of run."""
+    calls = []
+
+    def recorder(name):
+        def record(*args, **kwargs):
+            calls.append(name)
+            raise _Stop(name)
+        return record
+
+    monkeypatch.setattr(train_net, "register_datasets_from_config", recorder("register_datasets_from_config"))
+    monkeypatch.setattr(train_net, "build_model", recorder("build_model"))
+    monkeypatch.setattr(train_net, "instantiate", recorder("instantiate"))
+    return calls
+
+
+@pytest.mark.parametrize("device, cuda", [("cpu", True), ("cuda", False)], ids=["cpu", "cuda-absent"])
+def test_do_train_refuses_syncbn_on_cpu_before_building_anything(cfg, two_ranks, build_calls, monkeypatch, device,
+                                                                 cuda):
+    assert cfg.train.sync_bn
+    cfg.train.device = device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    with pytest.raises(ValueError, match=r"train.sync_bn=True needs CUDA.*train.sync_bn=False") as excinfo:
+        train_net.do_train(cfg)
+    assert build_calls == []  # neither the datasets, nor the model, nor the data loader were built
+    message = str(excinfo.value)
+    assert "'cpu'" in message and "2 processes" in message
+    assert ("CUDA is not available" in message) == (not cuda)
+
+
+@pytest.mark.parametrize("world_size, sync_bn, device, cuda", [
+    (1, True, "cpu", False),   # one process: SyncBN is plain BN, no DDP
+    (2, False, "cpu", False),  # no SyncBN: gloo on CPU is fine
+    (2, True, "cuda", True),   # the official set-up
+], ids=["one-process", "no-syncbn", "cuda"])
+def test_the_early_syncbn_check_lets_the_other_set_ups_through(cfg, build_calls, monkeypatch, world_size, sync_bn,
+                                                               device, cuda):
+    monkeypatch.setattr(comm, "get_world_size", lambda: world_size)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    cfg.train.sync_bn, cfg.train.device = sync_bn, device
+    train_net.check_sync_bn_device(cfg)
+    with pytest.raises(_Stop):
+        train_net.do_train(cfg)
+    assert build_calls == ["build_model"]  # do_train went on to build the model

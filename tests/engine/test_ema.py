@@ -1,12 +1,15 @@
 """ModelEMA / EMAHook: warm-up decay formula, BN buffers, DDP unwrapping, hook behaviour, resume."""
 
+import logging
 import math
+import os
+import re
 
 import pytest
 import torch
 from torch import nn
 
-from neo_rtdetr.checkpoint.checkpointer import RTDETRCheckpointer
+from neo_rtdetr.checkpoint.checkpointer import CheckpointMismatchError, RTDETRCheckpointer
 from neo_rtdetr.engine import EMAHook, ModelEMA, RTDETRTrainer, ema_weights_for_eval
 from tests.engine.toy import ToyDetector, ToyLoader
 
@@ -160,3 +163,84 @@ def test_ema_follows_a_model_moved_after_the_first_update(monkeypatch):
     ema.update(model)
     assert len(moves) == 2  # the model's move, then the EMA's, once
     assert all(v.device.type == "meta" for v in ema.module.state_dict().values())
+
+
+@pytest.fixture(scope="module")
+def v2_160x128_resume(tmp_path_factory):
+    """A tiny RT-DETRv2 run saved with eval_spatial_size [160, 128] (model and EMA with different random values,
+    7 EMA updates): the folder, and the saved EMA state (holding that size's decoder.anchors / valid_mask)."""
+    from tests.projects.rtdetrv2_helpers import build_v2, randomize_v2
+
+    folder = str(tmp_path_factory.mktemp("v2_resume"))
+    model = build_v2("tiny", eval_spatial_size=[160, 128])
+    randomize_v2(model, seed=1)
+    ema = ModelEMA(model)
+    randomize_v2(ema.module, seed=2)
+    ema.updates = 7
+    RTDETRCheckpointer(model, folder, ema=ema).save("model_0000006")
+    saved = {k: v.clone() for k, v in ema.module.state_dict().items()}
+    assert saved["decoder.anchors"].shape == (1, 20 * 16 + 10 * 8 + 5 * 4, 4)
+    return folder, saved
+
+
+_ANCHOR_KEYS = ("decoder.anchors", "decoder.valid_mask")
+
+
+@pytest.mark.parametrize("eval_size", [[128, 160], [192, 192], None], ids=["transposed", "other", "none"])
+def test_ema_resumes_a_v2_run_whose_eval_spatial_size_changed(v2_160x128_resume, eval_size, caplog):
+    """The EMA follows the checkpointer's rule for the model: the derived anchor buffers are not loaded (another
+    shape: no size-mismatch error; same shape but other values: not silently overwritten; absent from the model:
+    no unexpected-key error), every other entry and the update count are restored."""
+    from tests.projects.rtdetrv2_helpers import build_v2
+
+    folder, saved = v2_160x128_resume
+    model = build_v2("tiny", eval_spatial_size=eval_size)
+    ema = ModelEMA(model)
+    own = {k: v.clone() for k, v in ema.module.state_dict().items() if k in _ANCHOR_KEYS}
+    assert bool(own) == (eval_size is not None)
+    with caplog.at_level(logging.INFO):
+        RTDETRCheckpointer(model, folder, ema=ema).resume_or_load("", resume=True)
+    assert ema.updates == 7
+    state = ema.module.state_dict()
+    assert set(state) == set(saved) - set(_ANCHOR_KEYS) | set(own)
+    for k, v in state.items():
+        assert torch.equal(v, own[k] if k in own else saved[k]), k
+    dropped = [r.getMessage() for r in caplog.records if "ModelEMA: not loading decoder.anchors" in r.getMessage()]
+    assert len(dropped) == 1 and "eval_spatial_size" in dropped[0]
+
+
+def test_ema_resume_with_another_num_classes_is_a_clear_error(v2_160x128_resume):
+    """Only the anchor buffers are exempt: the class-dependent heads that the model's own load tolerates (their
+    shapes differ) still make the EMA load fail, naming the file and the tensors, before anything is loaded."""
+    from tests.projects.rtdetrv2_helpers import build_v2
+
+    folder, saved = v2_160x128_resume
+    num_classes = saved["decoder.enc_score_head.weight"].shape[0] + 1
+    model = build_v2("tiny", num_classes=num_classes, eval_spatial_size=[160, 128])
+    ema = ModelEMA(model)
+    before = {k: v.clone() for k, v in ema.module.state_dict().items()}
+    with pytest.raises(CheckpointMismatchError) as excinfo:
+        RTDETRCheckpointer(model, folder, ema=ema).resume_or_load("", resume=True)
+    message = str(excinfo.value)
+    assert message.startswith(os.path.join(folder, "model_0000006.pth") + ": ModelEMA: ")
+    classes = num_classes - 1
+    assert "7 tensors have another shape (decoder.denoising_class_embed.weight: " in message
+    head = f"decoder.enc_score_head.weight: ({classes}, 64) in the checkpoint, ({num_classes}, 64) in the model"
+    assert head in message
+    assert "eval_spatial_size" in message
+    assert ema.updates == 0
+    assert all(torch.equal(v, before[k]) for k, v in ema.module.state_dict().items())
+
+
+def test_ema_load_names_missing_and_unexpected_entries():
+    ema = ModelEMA(ToyDetector())
+    state = ema.state_dict()
+    module = dict(state["module"])
+    missing = sorted(module)[0]
+    del module[missing]
+    module["extra.weight"] = torch.zeros(1)
+    with pytest.raises(CheckpointMismatchError, match=(
+        rf"1 model tensors are not in the checkpoint \({re.escape(missing)}\); "
+        r"1 checkpoint tensors are not in the model \(extra\.weight\)"
+    )):
+        ModelEMA(ToyDetector(seed=3)).load_state_dict({**state, "module": module})
