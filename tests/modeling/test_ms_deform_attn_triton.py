@@ -85,6 +85,20 @@ def test_triton_kernels_match_reference_in_interpreter():
         assert r["dtypes"][0] == r["vdtype"] == r["dtypes"][1] and r["dtypes"][2:] == ["torch.float32"] * 2, r
 
 
+def test_dispatcher_traces_the_reference_under_torch_compile():
+    """Under torch.compile the dispatcher takes the reference for a reason that does not depend on the device (the
+    compiled path measured on the GPU), whatever torch.compiler.is_exporting() says there (torch 2.11: True)."""
+    value, loc = torch.randn(1, 16, 2, 4), torch.rand(1, 5, 2, 2, 3, 2)
+    assert msda_triton._triton_path_reason(value, loc) == "not on CUDA"
+
+    @torch.compile(backend="eager", fullgraph=True)
+    def reason_code(v, l):
+        reason = msda_triton._triton_path_reason(v, l)
+        return v.new_tensor(1.0 if reason is not None and "torch.compile" in reason else 0.0)
+
+    assert float(reason_code(value, loc)) == 1.0
+
+
 def test_dispatcher_uses_reference_on_cpu_and_rejects_unsupported_inputs():
     g = torch.Generator().manual_seed(0)
     shapes = [(3, 4), (2, 2)]

@@ -313,9 +313,24 @@ def ms_deform_attn_core(
     Same arguments and result as
     :func:`~neo_rtdetr.modeling.decoder.ms_deform_attn.multi_scale_deformable_attention`. While a graph is captured
     for export (ONNX, ``torch.export``) the reference is used, so exported graphs hold standard operators only.
+    Inside ``torch.compile`` the reference is traced as well (inductor generates its sampling kernel): that is the
+    compiled path measured and checked on the GPU (docs/performance.md). It was so by accident before: torch 2.11's
+    dynamo folds ``torch.compiler.is_exporting()`` to True, so :func:`is_graph_capture` is True under
+    ``torch.compile`` there, while later versions read the flag; the choice is now explicit and the same everywhere.
     """
-    if value.is_cuda and sampling_locations.is_cuda and not is_graph_capture():
+    if _triton_path_reason(value, sampling_locations) is None:
         shapes = spatial_shapes_as_list(spatial_shapes)  # (a tensor is read back once, here)
         if _unsupported_reason(value, shapes, sampling_locations) is None:
             return ms_deform_attn_triton(value, shapes, sampling_locations, attention_weights)
     return multi_scale_deformable_attention(value, spatial_shapes, sampling_locations, attention_weights)
+
+
+def _triton_path_reason(value: Tensor, sampling_locations: Tensor) -> Optional[str]:
+    """Why :func:`ms_deform_attn_core` takes the reference whatever the shapes, or None."""
+    if torch.compiler.is_compiling():
+        return "traced by torch.compile (the reference is the compiled path)"
+    if is_graph_capture():
+        return "captured for export"
+    if not (value.is_cuda and sampling_locations.is_cuda):
+        return "not on CUDA"
+    return None
