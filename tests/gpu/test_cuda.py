@@ -150,18 +150,23 @@ def test_to_device_is_asynchronous_and_exact():
 
 
 @pytest.mark.parametrize("mode", ["reduce-overhead"])
-def test_compiled_training_follows_eager_training(mode):
-    """compile_model(decoder=True, criterion=True) (inductor on CUDA; ``reduce-overhead``: CUDA graphs) trained side by
-    side with the eager model, fp32 without TF32, AdamW, two input sizes alternating: the same losses and gradient
-    directions at every step (inductor reorders float sums, so not bit-equal), and no drift over the steps (what the
-    hand-made CUDA graphs of the backbone failed, see docs/performance.md)."""
+def test_compiled_training_computes_the_eager_gradients(mode):
+    """compile_model(decoder=True, criterion=True) (inductor on CUDA; ``reduce-overhead``: CUDA graphs) against the
+    eager model, fp32 without TF32, over AdamW steps at two alternating input sizes. Before every step the compiled
+    model gets the eager model's weights (copied in place, as an optimizer writes them), so each step compares the
+    gradients of the same weights: a graph that kept stale parameters or buffers, or that mixed up the two sizes'
+    recordings, would give other gradients. Not bit-equal (inductor reorders float sums): same losses within 1e-3,
+    gradients within 1e-2 relative norm, cosine (in float64) > 0.9999. (Without the weight copy, two fp32 trainings
+    drift apart under AdamW from rounding alone: its first steps move every parameter by about lr whatever the
+    gradient's size, so near-zero gradients of different sign make the weights differ.)"""
     import copy
 
     from neo_rtdetr.engine.compile import compile_model
     from tests.modeling.test_rtdetr import make_inputs
 
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    eager = _model("r18").train()
+    torch.manual_seed(0)  # the tiny model (R18 backbone, narrow 2-layer decoder): minutes less to compile than R18
+    eager = instantiate(LazyConfig.load("configs/common/models/rtdetr_tiny.py").model).cuda().train()
     compiled = copy.deepcopy(eager)
     compile_model(compiled, decoder=True, criterion=True, mode=mode)
     opts = [torch.optim.AdamW(m.parameters(), lr=1e-4) for m in (eager, compiled)]
@@ -170,6 +175,8 @@ def test_compiled_training_follows_eager_training(mode):
         batch = make_inputs([(h, w)] * 2, [3, 5 + step], num_classes=80, seed=step)
         for b in batch:
             b["image"] = b["image"].cuda()
+        with torch.no_grad():
+            compiled.load_state_dict(eager.state_dict())
         results = []
         for model, opt in zip((eager, compiled), opts):
             torch.compiler.cudagraph_mark_step_begin()
@@ -177,11 +184,12 @@ def test_compiled_training_follows_eager_training(mode):
             losses = model(copy.deepcopy(batch))
             opt.zero_grad(set_to_none=True)
             sum(losses.values()).backward()
-            grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+            grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]).double()
             opt.step()
-            results.append(({k: float(v) for k, v in losses.items()}, grads))
+            results.append(({k: float(v.detach()) for k, v in losses.items()}, grads))
         (ref, ref_grad), (got, got_grad) = results
         for k in ref:
             assert abs(got[k] - ref[k]) <= 1e-3 * max(1.0, abs(ref[k])), (step, k, got[k], ref[k])
-        cosine = torch.nn.functional.cosine_similarity(got_grad, ref_grad, dim=0)
-        assert cosine > 0.999, (step, float(cosine))
+        rel = float((got_grad - ref_grad).norm() / ref_grad.norm())
+        cosine = float(torch.nn.functional.cosine_similarity(got_grad, ref_grad, dim=0))
+        assert rel < 1e-2 and cosine > 0.9999, (step, rel, cosine)
