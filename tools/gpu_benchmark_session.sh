@@ -4,6 +4,14 @@
 #
 #   bash install/build_offline_wheels.sh .whl 3.12     # here, once (see README: offline GPU machine)
 #   OUT=/path bash tools/gpu_benchmark_session.sh [BASE_TREE]
+#   OUT=/path PARTS="tests compiled" bash tools/gpu_benchmark_session.sh   # only some parts
+#
+# Parts (PARTS, default all; each part stays under 10 minutes, a lent machine's limit per command):
+#   tests     the GPU tests (~6 min: the compiled-training and compiled-inference tests compile first)
+#   bench     the benchmark tables (train variants, inference, HF transformers; BASE_TREE first if given)
+#   data      the data pipeline per worker count
+#   e2e       an R18 end-to-end run on synthetic data, then the fast paths' accuracy on its checkpoint
+#   compiled  the compiled training step (compile_graphs) against eager at 640, interleaved (~6 min)
 #
 # BASE_TREE: optional checkout of an earlier commit (e.g. `git archive <commit> | tar -x -C .bench_base`): its
 # tools/benchmark.py runs first on the same card, and this tree's rows get a ratio column against it.
@@ -19,23 +27,39 @@ if [ -d .whl ]; then
   export PYTHONPATH="$PWD:/tmp/site"
 fi
 start=$(date +%s); step() { echo "[$(( $(date +%s) - start )) s] $*"; }
+PARTS="${PARTS:-tests bench data e2e compiled}"; want() { case " $PARTS " in *" $1 "*) return 0;; esac; return 1; }
 
-timeout 240 python3 -m pytest -q -m gpu tests/gpu -p no:cacheprovider > "$OUT/gpu_tests.log" 2>&1; tail -3 "$OUT/gpu_tests.log"; step gpu tests
+if want tests; then
+  timeout 540 python3 -m pytest -q -m gpu tests/gpu -p no:cacheprovider > "$OUT/gpu_tests.log" 2>&1
+  tail -3 "$OUT/gpu_tests.log"; step gpu tests
+fi
 baseline=()
-if [ -n "$BASE" ]; then
+if want bench && [ -n "$BASE" ]; then
   (cd "$BASE" && PYTHONPATH="$PWD:/tmp/site" timeout 150 python3 tools/benchmark.py --iters 10 --warmup 3 \
      --precisions bf16 --output "$OUT/bench_base.json" > "$OUT/bench_base.log" 2>&1)
   baseline=(--baseline-json "$OUT/bench_base.json"); step baseline
 fi
-timeout 300 python3 tools/benchmark.py --iters 15 --warmup 4 --train-variants default,channels_last,pytorch_msda \
-  --hf-baseline ${baseline[@]+"${baseline[@]}"} --output "$OUT/bench.json" > "$OUT/bench.log" 2>&1
-grep -E "img/s" "$OUT/bench.log"; step benchmark
-timeout 150 python3 tools/benchmark_data.py --config-file configs/rtdetr_r50_synthetic640_h100.py --workers 4,8,12,16 \
-  --batches 20 --warmup 3 --output "$OUT/data.json" dataloader.datasets.0.num_train=256 > "$OUT/data.log" 2>&1
-grep -E "^workers" "$OUT/data.log"; step data
-timeout 240 python3 tools/lazyconfig_train_net.py --config-file configs/rtdetr_r18_synthetic_h100.py \
-  train.output_dir=/tmp/r18 train.log_period=50 > "$OUT/r18.log" 2>&1
-cp /tmp/r18/metrics.json "$OUT/r18_metrics.json" 2>/dev/null; step r18 end to end
-timeout 90 python3 tools/benchmark.py --skip-train --skip-infer --accuracy-config configs/rtdetr_r18_synthetic_h100.py \
-  --accuracy-checkpoint /tmp/r18/model_final.pth --output "$OUT/accuracy.json" > "$OUT/accuracy.log" 2>&1
-grep -A6 "^accuracy" "$OUT/accuracy.log"; step accuracy
+if want bench; then
+  timeout 300 python3 tools/benchmark.py --iters 15 --warmup 4 --train-variants default,channels_last,pytorch_msda \
+    --hf-baseline ${baseline[@]+"${baseline[@]}"} --output "$OUT/bench.json" > "$OUT/bench.log" 2>&1
+  grep -E "img/s" "$OUT/bench.log"; step benchmark
+fi
+if want data; then
+  timeout 150 python3 tools/benchmark_data.py --config-file configs/rtdetr_r50_synthetic640_h100.py \
+    --workers 4,8,12,16 --batches 20 --warmup 3 --output "$OUT/data.json" dataloader.datasets.0.num_train=256 \
+    > "$OUT/data.log" 2>&1
+  grep -E "^workers" "$OUT/data.log"; step data
+fi
+if want e2e; then
+  timeout 240 python3 tools/lazyconfig_train_net.py --config-file configs/rtdetr_r18_synthetic_h100.py \
+    train.output_dir=/tmp/r18 train.log_period=50 > "$OUT/r18.log" 2>&1
+  cp /tmp/r18/metrics.json "$OUT/r18_metrics.json" 2>/dev/null; step r18 end to end
+  timeout 90 python3 tools/benchmark.py --skip-train --skip-infer --accuracy-config configs/rtdetr_r18_synthetic_h100.py \
+    --accuracy-checkpoint /tmp/r18/model_final.pth --output "$OUT/accuracy.json" > "$OUT/accuracy.log" 2>&1
+  grep -A6 "^accuracy" "$OUT/accuracy.log"; step accuracy
+fi
+if want compiled; then
+  timeout 500 python3 tools/benchmark.py --skip-infer --sizes 640x640 --train-precisions bf16 --iters 30 --warmup 5 \
+    --train-variants compile_graphs,default --output "$OUT/bench_compiled.json" > "$OUT/bench_compiled.log" 2>&1
+  grep -E "img/s|compilation" "$OUT/bench_compiled.log"; step compiled train step
+fi
