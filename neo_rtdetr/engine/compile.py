@@ -9,7 +9,10 @@ compiled with its denoising queries padded to a fixed count (``RTDETRTransformer
 denoising queries otherwise changes with the batch's box counts, and every new count would be a new graph.
 
 ``nn.Module.compile`` is used, so parameters, buffers and state-dict keys stay where they are (checkpoints, EMA
-and DDP are unaffected); a deep copy of a compiled module is a correct, independent module.
+and DDP are unaffected); a deep copy of a compiled module is a correct, independent module (PyTorch drops
+``nn.Module.compile``'s compiled call when copying, so the copy's backbone and encoder run eagerly, while the
+decoder's and criterion's compile settings are copied). Training (``train.compile``) compiles the model after its
+EMA copy is made: the EMA stays eager.
 """
 
 import logging

@@ -8,7 +8,7 @@ train loader (dataset size // total batch size).
 
 import logging
 import os
-from typing import Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -21,6 +21,7 @@ from detectron2.utils import comm
 
 from neo_rtdetr.checkpoint.checkpointer import RTDETRCheckpointer
 from neo_rtdetr.data.catalog import register_datasets_from_config
+from neo_rtdetr.engine.compile import compile_model
 from neo_rtdetr.engine.ema import EMAHook, ModelEMA, unwrap_model
 from neo_rtdetr.engine.loss_trace import LOSS_TRACE_FILE, LossTraceWriter
 from neo_rtdetr.engine.preflight import check_evaluation_data, check_training_data
@@ -30,6 +31,8 @@ from neo_rtdetr.engine.trainer import RTDETRTrainer
 __all__ = [
     "resolve_device",
     "check_sync_bn_device",
+    "compile_settings",
+    "COMPILE_MODES",
     "build_model",
     "wrap_ddp",
     "do_test",
@@ -77,6 +80,60 @@ def check_sync_bn_device(cfg) -> None:
             f"{comm.get_world_size()} processes: PyTorch's SyncBatchNorm (and DDP around it) does not run on CPU. "
             "Set train.sync_bn=False for CPU (gloo) runs."
         )
+
+
+#: ``train.compile.mode`` values (``torch.compile`` modes); the ones that record CUDA graphs need CUDA
+COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+
+
+def compile_settings(cfg) -> Optional[Dict]:
+    """``train.compile`` checked from the config alone: None when it is off (or absent), else ``{"mode", "backend"}``.
+
+    :func:`do_train` calls it first, before anything is built, and then compiles the model with
+    :func:`~neo_rtdetr.engine.compile.compile_model` (backbone, encoder, decoder, criterion).
+
+    Raises:
+        ValueError: ``train.compile.enabled`` is not a bool; ``train.compile.mode`` is not one of
+            :data:`COMPILE_MODES`; a mode other than None/"default" with a backend other than "inductor" (the
+            other backends ignore it); ``train.compile.backend`` is not a registered ``torch.compile`` backend;
+            a CUDA-graph mode ("reduce-overhead", "max-autotune") while the model would not be on CUDA.
+    """
+    opts = cfg.train.get("compile", None)
+    if opts is None:
+        return None
+    enabled = opts.get("enabled", False)
+    if not isinstance(enabled, bool):
+        raise ValueError(f"train.compile.enabled must be True or False, got {enabled!r}")
+    if not enabled:
+        return None
+    mode, backend = opts.get("mode", None), opts.get("backend", "inductor")
+    if mode not in COMPILE_MODES:
+        raise ValueError(
+            f"train.compile.mode={mode!r} is not a torch.compile mode; choose one of "
+            + ", ".join(repr(m) for m in COMPILE_MODES)
+            + (" (None is written null in a command-line override: train.compile.mode=null)"
+               if str(mode).lower() == "none" else "")
+        )
+    if isinstance(backend, str):
+        backends = torch._dynamo.list_backends(exclude_tags=())
+        if backend not in backends:
+            raise ValueError(f"train.compile.backend={backend!r} is not a torch.compile backend; known: {backends}")
+    if mode not in (None, "default") and backend != "inductor":
+        raise ValueError(
+            f"train.compile.mode={mode!r} applies to backend 'inductor' only (train.compile.backend={backend!r} "
+            "would ignore it): set train.compile.mode=null (None) or train.compile.backend=inductor"
+        )
+    device = _device_of(cfg)
+    if mode in CUDA_GRAPH_MODES and not str(device).startswith("cuda"):
+        asked = cfg.train.get("device", "cuda")
+        reason = f"train.device={asked!r}" if device == asked else f"train.device={asked!r} but CUDA is not available"
+        raise ValueError(
+            f"train.compile.mode={mode!r} records CUDA graphs and needs CUDA, but the model would be on "
+            f"'{device}' ({reason}). On CPU use train.compile.mode=null (None; or 'default' / "
+            "'max-autotune-no-cudagraphs'), or train.compile.enabled=False."
+        )
+    return {"mode": mode, "backend": backend}
 
 
 def build_model(cfg) -> torch.nn.Module:
@@ -174,7 +231,13 @@ def do_train(cfg, *, resume: bool = False, extra_hooks: Sequence[HookBase] = ())
     COCO eval, writers (and ``train.loss_trace``'s per-iteration loss log).
 
     A multi-process ``train.sync_bn`` run that would not be on CUDA is refused first
-    (:func:`check_sync_bn_device`), before anything is built.
+    (:func:`check_sync_bn_device`), before anything is built, and so is an invalid ``train.compile``
+    (:func:`compile_settings`).
+
+    With ``train.compile.enabled`` the model's backbone, encoder, decoder and criterion are compiled
+    (:func:`~neo_rtdetr.engine.compile.compile_model`) after the EMA copy is made and before the DDP wrapper: the
+    EMA copy, which evaluation and ``model_best`` use, stays an eager model with its own weights (a deep copy of a
+    compiled model would keep the decoder's and criterion's compile settings but not ``nn.Module.compile``'s).
 
     Before the first step the configuration is checked against the data
     (:func:`neo_rtdetr.engine.preflight.check_training_data`: class counts, usable annotations,
@@ -186,6 +249,7 @@ def do_train(cfg, *, resume: bool = False, extra_hooks: Sequence[HookBase] = ())
         extra_hooks: more hooks, run after the built-in ones (e.g. measurements).
     """
     check_sync_bn_device(cfg)  # from the config alone, before anything is built
+    compile_opts = compile_settings(cfg)
     model = build_model(cfg)
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
@@ -198,6 +262,16 @@ def do_train(cfg, *, resume: bool = False, extra_hooks: Sequence[HookBase] = ())
     )
 
     ema = ModelEMA(model, decay=cfg.train.ema.decay, warmups=cfg.train.ema.warmups) if cfg.train.ema.enabled else None
+    if compile_opts is not None:  # after the EMA copy (it stays eager), before DDP
+        compiled = compile_model(model, decoder=True, criterion=True, **compile_opts)
+        if compile_opts["mode"] in CUDA_GRAPH_MODES:
+            # loaded now, the trainer marks every step as a new CUDA-graph-tree iteration from the first one on
+            import torch._inductor.cudagraph_trees  # noqa: F401
+        logger.info(
+            "train.compile: %s compiled (mode=%s, backend=%s); the first step at every new input size compiles%s",
+            ", ".join(compiled), compile_opts["mode"], compile_opts["backend"],
+            "; the EMA copy used for evaluation stays eager" if ema is not None else "",
+        )
     ddp_model = wrap_ddp(model, cfg.train.ddp)
     trainer = RTDETRTrainer(
         ddp_model,

@@ -9,6 +9,7 @@ that while keeping v0.6's hook/metrics/checkpoint contract (``_write_metrics(los
 """
 
 import logging
+import sys
 import time
 from typing import Any, Dict, Iterator, Mapping, Optional
 
@@ -47,6 +48,17 @@ def _loss_scalar(key: str, value: torch.Tensor) -> torch.Tensor:
     return value.float().reshape(())
 
 
+def _mark_cudagraph_step() -> None:
+    """``torch.compiler.cudagraph_mark_step_begin()`` (a new iteration for CUDA-graph trees) when they can exist.
+
+    CUDA-graph trees (``torch.compile`` mode "reduce-overhead") live in ``torch._inductor.cudagraph_trees``;
+    marking a step there decrements a counter (microseconds). Until something has imported that module no tree
+    exists, and the call would only import it (1-3 s once, on a CPU run too): then nothing is done.
+    """
+    if "torch._inductor.cudagraph_trees" in sys.modules:
+        torch.compiler.cudagraph_mark_step_begin()
+
+
 class RTDETRTrainer(SimpleTrainer):
     """Single-optimizer trainer for RT-DETR-style models that return a dict of scalar losses.
 
@@ -61,6 +73,10 @@ class RTDETRTrainer(SimpleTrainer):
     any good step resets the count. With fp16, a gradient overflow is such a skipped step too
     (the scaler lowers its scale); isolated overflows are normal, long runs of them are not.
     Under DDP the skip decision is all-reduced, so every rank skips the same steps.
+
+    Every step starts with ``torch.compiler.cudagraph_mark_step_begin()`` once CUDA-graph trees are in use (a
+    model compiled with ``mode="reduce-overhead"``, see ``train.compile``): the graphs' outputs of the previous step
+    may then be overwritten, and the trees need not guess where an iteration begins.
 
     ``trainer.last_step_skipped`` tells hooks (e.g. :class:`~neo_rtdetr.engine.EMAHook`)
     whether the last step was skipped.
@@ -171,6 +187,7 @@ class RTDETRTrainer(SimpleTrainer):
 
     def run_step(self) -> None:
         assert self.model.training, "[RTDETRTrainer] model was changed to eval mode!"
+        _mark_cudagraph_step()
         start = time.perf_counter()
         data = next(self._data_loader_iter)
         data_time = time.perf_counter() - start

@@ -1,8 +1,9 @@
-"""RTDETRTrainer: lazy loader + resume start, clipping, non-finite skipping, fp32 training, state."""
+"""RTDETRTrainer: lazy loader + resume start, clipping, non-finite skipping, fp32 training, state, CUDA-graph marks."""
 
 import copy
 import logging
 import math
+import sys
 
 import pytest
 import torch
@@ -230,3 +231,28 @@ def test_a_loss_with_several_elements_is_an_error_naming_it():
     trainer = RTDETRTrainer(model, ToyLoader(), torch.optim.SGD(model.parameters(), lr=0.01), precision="fp32")
     with pytest.raises(ValueError, match=r"loss 'loss_vec' has shape \(2,\)"):
         trainer.train(0, 1)
+
+
+def _toy_trainer():
+    model = ToyDetector()
+    return RTDETRTrainer(model, ToyLoader(), torch.optim.SGD(model.parameters(), lr=1e-3), precision="fp32")
+
+
+def test_every_step_is_marked_for_cudagraph_trees_once_they_are_loaded():
+    from torch._inductor import cudagraph_trees
+
+    before = cudagraph_trees.MarkStepBox.mark_step_counter
+    _toy_trainer().train(0, 3)
+    assert cudagraph_trees.MarkStepBox.mark_step_counter == before - 3
+
+
+def test_steps_are_not_marked_before_cudagraph_trees_are_loaded(monkeypatch):
+    # without the module no CUDA-graph tree exists; marking would only import it (seconds)
+    monkeypatch.delitem(sys.modules, "torch._inductor.cudagraph_trees", raising=False)
+
+    def fail():
+        raise AssertionError("cudagraph_mark_step_begin called")
+
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", fail)
+    _toy_trainer().train(0, 2)
+    assert "torch._inductor.cudagraph_trees" not in sys.modules
