@@ -157,8 +157,8 @@ def test_compiled_training_computes_the_eager_gradients(mode):
     gradients of the same weights: a graph that kept stale parameters or buffers, or that mixed up the two sizes'
     recordings, would give other gradients. Not bit-equal (inductor reorders float sums): same losses within 1e-3,
     gradients within 1e-2 relative norm, cosine (in float64) > 0.9999. (Without the weight copy, two fp32 trainings
-    drift apart under AdamW from rounding alone: its first steps move every parameter by about lr whatever the
-    gradient's size, so near-zero gradients of different sign make the weights differ.)"""
+    drift apart from rounding alone: the top-k query selection and the matching are discrete, see docs/performance.md,
+    runs J-M.)"""
     import copy
 
     from neo_rtdetr.engine.compile import compile_model
