@@ -73,6 +73,8 @@ def get_contrastive_denoising_training_group(
         raise ValueError("num_denoising must be > 0 (callers skip denoising when it is 0)")
     if pad_multiple is not None and (int(pad_multiple) != pad_multiple or pad_multiple < 1):
         raise ValueError(f"pad_multiple must be a positive int or None, got {pad_multiple!r}")
+    if pad_multiple is not None:
+        pad_multiple = int(pad_multiple)  # an integral float (20.0) passes the check: sizes must be ints
     if len(targets) == 0:
         raise ValueError("targets must hold one dict per image")
     device = class_embed.weight.device
