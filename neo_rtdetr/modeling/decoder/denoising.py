@@ -55,9 +55,10 @@ def get_contrastive_denoising_training_group(
         label_noise_ratio: twice the label flip probability (0 disables label noise).
         box_noise_scale: box noise scale (0 disables box noise).
         pad_multiple: if given, append padding queries up to Npad = the next multiple of ``pad_multiple`` (>= Ndn).
-            A padding query has the padding label's embedding and a fixed box, sees only itself and is seen by no
-            other query, so the Ndn real queries and the matching queries get the same outputs as without it; the
-            caller drops the padding outputs (queries Ndn..Npad-1). The random draws are unchanged.
+            A padding query has the padding label's embedding and a fixed box, sees no other denoising query (it sees
+            the matching queries, as every denoising query does) and is seen by no other query, so the Ndn real
+            queries and the matching queries get the same outputs as without it; the caller drops the padding
+            outputs (queries Ndn..Npad-1). The random draws are unchanged.
 
     Returns:
         dn_query_content: [B, Npad, C] label embeddings (Ndn = 2 * M * G; M = 1, G = 1 when the batch has no box;
