@@ -22,8 +22,8 @@ train = dict(
     # denoising queries padded to a fixed count, criterion loss terms); the EMA copy used for evaluation stays
     # eager. Meant for CUDA: mode="reduce-overhead" also replays the static-shape parts as CUDA graphs (R50 640,
     # batch 16, bf16 train step on an H200: 2.7x eager) and is refused on CPU (there: mode=None). Cost: the first
-    # step at every new input size compiles, minutes per size for R50 on a GPU, and multi-scale training has 13
-    # sizes. Turn it on from the command line: train.compile.enabled=True (mode: None | "default" |
+    # step at every new input size compiles, minutes per size for R50 on a GPU, and multi-scale training has 11
+    # distinct sizes. Turn it on from the command line: train.compile.enabled=True (mode: None | "default" |
     # "reduce-overhead" | "max-autotune-no-cudagraphs" | "max-autotune", None written null on the command line;
     # backend: a torch.compile backend).
     compile=dict(enabled=False, mode="reduce-overhead", backend="inductor"),

@@ -3,10 +3,11 @@
 The backbone and the hybrid encoder are convolution stacks with many small element-wise operations (frozen or
 trainable batch norms, activations, residual adds, autocast casts): compiling them fuses those and cuts the
 per-kernel launch cost, which dominates an eager training step on a fast GPU. Their input size is static per
-batch; with multi-scale training each size is compiled once (13 sizes in the official recipe), so the graph cache
-limit is raised accordingly. The decoder's computation (input projection, query selection, the layers and heads) is
-compiled with its denoising queries padded to a fixed count (``RTDETRTransformer.compile_body``): the number of
-denoising queries otherwise changes with the batch's box counts, and every new count would be a new graph.
+batch; with multi-scale training each size is compiled once (the official list has 13 entries, 11 distinct sizes),
+so the graph cache limit is raised accordingly. The decoder's computation (input projection, query selection, the
+layers and heads) is compiled with its denoising queries padded to a fixed count
+(``RTDETRTransformer.compile_body``): the number of denoising queries otherwise changes with the batch's box counts,
+and every new count would be a new graph.
 
 ``nn.Module.compile`` is used, so parameters, buffers and state-dict keys stay where they are (checkpoints, EMA
 and DDP are unaffected); a deep copy of a compiled module is a correct, independent module (PyTorch drops
@@ -27,7 +28,7 @@ __all__ = ["compile_model"]
 
 logger = logging.getLogger(__name__)
 
-#: graphs kept per compiled function: one per input size (the official multi-scale list has 13 sizes)
+#: graphs kept per compiled function: one per input size (the official multi-scale list has 11 distinct sizes)
 MIN_CACHE_SIZE_LIMIT = 32
 
 

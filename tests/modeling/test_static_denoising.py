@@ -85,3 +85,16 @@ def test_static_denoising_size_gives_the_same_losses_and_gradients():
     atol = 1e-6 * max(float(g.abs().max()) for g in ref_grads.values())
     for n in ref_grads:
         torch.testing.assert_close(pad_grads[n], ref_grads[n], rtol=1e-4, atol=atol, msg=n)
+
+
+def test_an_integral_float_pad_multiple_pads_as_the_int():
+    """20.0 passes the positive-int check, so it must work as 20 (it failed later, building a float-sized tensor)."""
+    embed = torch.nn.Embedding(6, 8, padding_idx=5)
+    targets = _targets([3, 1])
+    torch.manual_seed(0)
+    want = get_contrastive_denoising_training_group(targets, 5, 6, embed, num_denoising=10, pad_multiple=20)
+    torch.manual_seed(0)
+    got = get_contrastive_denoising_training_group(targets, 5, 6, embed, num_denoising=10, pad_multiple=20.0)
+    assert got[0].shape[1] == want[0].shape[1] == 20
+    for a, b in zip(got[:3], want[:3]):
+        assert torch.equal(a, b)

@@ -55,9 +55,10 @@ def get_contrastive_denoising_training_group(
         label_noise_ratio: twice the label flip probability (0 disables label noise).
         box_noise_scale: box noise scale (0 disables box noise).
         pad_multiple: if given, append padding queries up to Npad = the next multiple of ``pad_multiple`` (>= Ndn).
-            A padding query has the padding label's embedding and a fixed box, sees only itself and is seen by no
-            other query, so the Ndn real queries and the matching queries get the same outputs as without it; the
-            caller drops the padding outputs (queries Ndn..Npad-1). The random draws are unchanged.
+            A padding query has the padding label's embedding and a fixed box, sees no other denoising query (it sees
+            the matching queries, as every denoising query does) and is seen by no other query, so the Ndn real
+            queries and the matching queries get the same outputs as without it; the caller drops the padding
+            outputs (queries Ndn..Npad-1). The random draws are unchanged.
 
     Returns:
         dn_query_content: [B, Npad, C] label embeddings (Ndn = 2 * M * G; M = 1, G = 1 when the batch has no box;
@@ -73,6 +74,8 @@ def get_contrastive_denoising_training_group(
         raise ValueError("num_denoising must be > 0 (callers skip denoising when it is 0)")
     if pad_multiple is not None and (int(pad_multiple) != pad_multiple or pad_multiple < 1):
         raise ValueError(f"pad_multiple must be a positive int or None, got {pad_multiple!r}")
+    if pad_multiple is not None:
+        pad_multiple = int(pad_multiple)  # an integral float (20.0) passes the check: sizes must be ints
     if len(targets) == 0:
         raise ValueError("targets must hold one dict per image")
     device = class_embed.weight.device

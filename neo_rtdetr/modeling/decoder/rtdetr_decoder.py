@@ -287,8 +287,9 @@ class RTDETRTransformer(nn.Module):
         self.label_noise_ratio = label_noise_ratio
         self.box_noise_scale = box_noise_scale
         self.learnt_init_query = learnt_init_query
-        #: pad the denoising queries to a multiple of 2 * num_denoising (one shape for a compiled decoder; the
-        #: outputs of the real queries are unchanged, see get_contrastive_denoising_training_group)
+        #: pad the denoising queries to a multiple of 2 * num_denoising (one shape for a compiled decoder while no
+        #: image has more than num_denoising boxes, a larger multiple above; the outputs of the real queries are
+        #: unchanged, see get_contrastive_denoising_training_group)
         self.static_denoising_size = False
         self._body_compile_kwargs: Optional[Dict] = None
 

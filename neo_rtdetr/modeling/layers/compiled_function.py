@@ -7,21 +7,32 @@ the first argument; the compiled function is created once per (function, argumen
 module as an input (its parameters are graph inputs), so copies reuse the graphs.
 """
 
-from typing import Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import torch
 
 __all__ = ["compiled_function"]
 
-# (function, sorted torch.compile arguments) -> compiled function
+# (function, frozen torch.compile arguments) -> compiled function
 _CACHE: Dict[tuple, Callable] = {}
+
+
+def _freeze(value: Any) -> Any:
+    """A hashable key for a ``torch.compile`` argument: dicts (e.g. ``options``) and lists as sorted/plain tuples."""
+    if isinstance(value, dict):
+        return ("dict", tuple(sorted((k, _freeze(v)) for k, v in value.items())))
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__, tuple(_freeze(v) for v in value))
+    if isinstance(value, (set, frozenset)):
+        return ("set", frozenset(_freeze(v) for v in value))
+    return value
 
 
 def compiled_function(fn: Callable, compile_kwargs: Optional[Dict]) -> Callable:
     """``fn`` itself when ``compile_kwargs`` is None, else ``torch.compile(fn, **compile_kwargs)`` (cached)."""
     if compile_kwargs is None:
         return fn
-    key = (fn, tuple(sorted(compile_kwargs.items())))
+    key = (fn, _freeze(compile_kwargs))
     compiled = _CACHE.get(key)
     if compiled is None:
         compiled = _CACHE[key] = torch.compile(fn, **compile_kwargs)
