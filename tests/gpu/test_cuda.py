@@ -150,7 +150,7 @@ def test_to_device_is_asynchronous_and_exact():
 
 
 @pytest.mark.parametrize("mode", ["reduce-overhead"])
-def test_compiled_training_computes_the_eager_gradients(mode):
+def test_compiled_training_computes_the_eager_gradients(mode, monkeypatch):
     """compile_model(decoder=True, criterion=True) (inductor on CUDA; ``reduce-overhead``: CUDA graphs) against the
     eager model, fp32 without TF32, over AdamW steps at two alternating input sizes. Before every step the compiled
     model gets the eager model's weights (copied in place, as an optimizer writes them), so each step compares the
@@ -164,7 +164,8 @@ def test_compiled_training_computes_the_eager_gradients(mode):
     from neo_rtdetr.engine.compile import compile_model
     from tests.modeling.test_rtdetr import make_inputs
 
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)  # (restored after the test)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     torch.manual_seed(0)  # the tiny model (R18 backbone, narrow 2-layer decoder): minutes less to compile than R18
     eager = instantiate(LazyConfig.load("configs/common/models/rtdetr_tiny.py").model).cuda().train()
     compiled = copy.deepcopy(eager)
