@@ -102,7 +102,8 @@ def _time(fn, device, warmup, iters):
     elapsed = (time.perf_counter() - start) / iters
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
     # also the reserved peak: the memory pool of CUDA graphs (compile_graphs) is taken while they are recorded (in
-    # the warm-up) and reused by every replay, so the allocated peak of the timed steps leaves it out
+    # the warm-up) and reused by every replay, so the allocated peak of the timed steps leaves it out. The pool
+    # outlives the row: with several sizes or precisions it also holds the earlier ones' graphs (exact for one size)
     reserved = torch.cuda.max_memory_reserved() / 2**30 if device.type == "cuda" else float("nan")
     return elapsed, peak, reserved
 
