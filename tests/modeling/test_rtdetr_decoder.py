@@ -323,6 +323,21 @@ def test_anchor_cache_handles_new_sizes_in_eval():
     assert not any("anchor" in k for k in dec.state_dict())
 
 
+@pytest.mark.parametrize("size", [(9, 13), (1, 1), (16, 5)])
+def test_extra_levels_of_odd_sizes_get_their_anchors(size):
+    """num_levels > input maps: the extra stride-2 levels' sizes are derived before the body runs (for the anchors);
+    a wrong size would give anchors for another token count, which the body refuses."""
+    dec = _small_decoder(num_denoising=0, feat_channels=(16, 24), feat_strides=(8, 16), num_levels=4, num_queries=4)
+    dec.eval()
+    h, w = size
+    feats = _small_feats(bs=1, sizes=((h, w), ((h + 1) // 2, (w + 1) // 2)), channels=(16, 24))
+    with torch.no_grad():
+        out = dec(feats)
+        proj = dec._get_encoder_input(feats)[1]
+    assert dec._memory_spatial_shapes(feats) == proj
+    assert out["pred_boxes"].shape == (1, 4, 4) and bool(torch.isfinite(out["pred_boxes"]).all())
+
+
 def test_official_init_and_key_names():
     torch.manual_seed(0)
     dec = RTDETRTransformer(num_classes=80, num_layers=2, num_queries=30)
