@@ -14,15 +14,7 @@ from neo_rtdetr.engine.compile import compile_model
 
 from ..modeling.hf_oracle import randomize
 from ..modeling.test_rtdetr import make_inputs, tiny_model
-
-
-def _step(model, batch, seed):
-    torch.manual_seed(seed)
-    losses = model(copy.deepcopy(batch))
-    sum(losses.values()).backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    model.zero_grad(set_to_none=True)
-    return {k: v.detach() for k, v in losses.items()}, grads
+from ..modeling.training_compare import assert_same_losses_and_gradients, loss_and_gradients
 
 
 def test_compiled_training_equals_eager_and_copies_stay_independent():
@@ -41,15 +33,8 @@ def test_compiled_training_equals_eager_and_copies_stay_independent():
     torch._dynamo.reset()
     counters.clear()
     for i, batch in enumerate(batches):
-        ref_losses, ref_grads = _step(eager, batch, seed=10 + i)
-        losses, grads = _step(compiled, batch, seed=10 + i)
-        assert losses.keys() == ref_losses.keys()
-        for k in ref_losses:
-            torch.testing.assert_close(losses[k], ref_losses[k], rtol=1e-5, atol=1e-6, msg=k)
-        assert grads.keys() == ref_grads.keys()
-        atol = 1e-6 * max(float(g.abs().max()) for g in ref_grads.values())
-        for n in ref_grads:
-            torch.testing.assert_close(grads[n], ref_grads[n], rtol=1e-4, atol=atol, msg=n)
+        ref = loss_and_gradients(eager, batch, seed=10 + i)
+        assert_same_losses_and_gradients(loss_and_gradients(compiled, batch, seed=10 + i), ref)
 
     # one graph per compiled part, none recompiled for the second batch (other box counts, same padded size)
     assert counters["stats"]["unique_graphs"] == 4, dict(counters["stats"])

@@ -8,6 +8,7 @@ import torch
 from neo_rtdetr.modeling.decoder.denoising import get_contrastive_denoising_training_group
 
 from .hf_oracle import randomize
+from .training_compare import assert_same_losses_and_gradients, loss_and_gradients
 from .test_rtdetr import make_inputs, tiny_model
 
 
@@ -70,21 +71,9 @@ def test_static_denoising_size_gives_the_same_losses_and_gradients():
     padded = copy.deepcopy(model)
     padded.decoder.static_denoising_size = True
     batch = make_inputs([(96, 128), (96, 128), (96, 128)], [3, 1, 6])  # 6 boxes: 3 groups, 36 dn queries
-    results = []
-    for m in (model, padded):
-        torch.manual_seed(11)
-        losses = m(copy.deepcopy(batch))
-        sum(losses.values()).backward()
-        results.append((losses, {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}))
-    (ref_losses, ref_grads), (pad_losses, pad_grads) = results
-    assert ref_losses.keys() == pad_losses.keys() and any("_dn_" in k for k in ref_losses)
-    for k in ref_losses:
-        torch.testing.assert_close(pad_losses[k], ref_losses[k], rtol=1e-5, atol=1e-6, msg=k)
-    assert ref_grads.keys() == pad_grads.keys()
-    # absolute tolerance from the largest gradient: a few parameters' gradients are zero up to rounding (~1e-7)
-    atol = 1e-6 * max(float(g.abs().max()) for g in ref_grads.values())
-    for n in ref_grads:
-        torch.testing.assert_close(pad_grads[n], ref_grads[n], rtol=1e-4, atol=atol, msg=n)
+    ref = loss_and_gradients(model, batch, seed=11)
+    assert any("_dn_" in k for k in ref[0])
+    assert_same_losses_and_gradients(loss_and_gradients(padded, batch, seed=11), ref)
 
 
 def test_an_integral_float_pad_multiple_pads_as_the_int():
