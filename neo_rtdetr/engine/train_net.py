@@ -59,6 +59,17 @@ def resolve_device(cfg) -> str:
     return device
 
 
+def _not_on_cuda(cfg) -> Optional[str]:
+    """None when the model would be on CUDA, else where it would be and why: ``'cpu' (train.device='cuda' but CUDA
+    is not available)``."""
+    device = _device_of(cfg)
+    if str(device).startswith("cuda"):
+        return None
+    asked = cfg.train.get("device", "cuda")
+    reason = f"train.device={asked!r}" if device == asked else f"train.device={asked!r} but CUDA is not available"
+    return f"'{device}' ({reason})"
+
+
 def check_sync_bn_device(cfg) -> None:
     """Refuse ``train.sync_bn`` for a multi-process run whose model would not be on CUDA, from the config alone.
 
@@ -71,12 +82,10 @@ def check_sync_bn_device(cfg) -> None:
     """
     if comm.get_world_size() <= 1 or not cfg.train.get("sync_bn", False):
         return
-    device = _device_of(cfg)
-    if not str(device).startswith("cuda"):
-        asked = cfg.train.get("device", "cuda")
-        reason = f"train.device={asked!r}" if device == asked else f"train.device={asked!r} but CUDA is not available"
+    not_cuda = _not_on_cuda(cfg)
+    if not_cuda:
         raise ValueError(
-            f"train.sync_bn=True needs CUDA, but the model would be on '{device}' ({reason}) with "
+            f"train.sync_bn=True needs CUDA, but the model would be on {not_cuda} with "
             f"{comm.get_world_size()} processes: PyTorch's SyncBatchNorm (and DDP around it) does not run on CPU. "
             "Set train.sync_bn=False for CPU (gloo) runs."
         )
@@ -124,13 +133,11 @@ def compile_settings(cfg) -> Optional[Dict]:
             f"train.compile.mode={mode!r} applies to backend 'inductor' only (train.compile.backend={backend!r} "
             "would ignore it): set train.compile.mode=null (None) or train.compile.backend=inductor"
         )
-    device = _device_of(cfg)
-    if mode in CUDA_GRAPH_MODES and not str(device).startswith("cuda"):
-        asked = cfg.train.get("device", "cuda")
-        reason = f"train.device={asked!r}" if device == asked else f"train.device={asked!r} but CUDA is not available"
+    not_cuda = _not_on_cuda(cfg) if mode in CUDA_GRAPH_MODES else None
+    if not_cuda:
         raise ValueError(
             f"train.compile.mode={mode!r} records CUDA graphs and needs CUDA, but the model would be on "
-            f"'{device}' ({reason}). On CPU use train.compile.mode=null (None; or 'default' / "
+            f"{not_cuda}. On CPU use train.compile.mode=null (None; or 'default' / "
             "'max-autotune-no-cudagraphs'), or train.compile.enabled=False."
         )
     return {"mode": mode, "backend": backend}
