@@ -224,7 +224,7 @@ class RTDETRCriterion(nn.Module):
         Returns:
             (vfl [S], l1 [S], giou [S]) in the compute dtype (>= float32).
         """
-        kwargs = getattr(self, "_loss_compile_kwargs", None)
+        kwargs = self._loss_compile_kwargs
         fn = compiled_function(type(self)._set_loss_terms, kwargs)
         if kwargs is None:
             return fn(self, logits, boxes, pairs, targets.labels, targets.boxes, num_boxes)

@@ -427,14 +427,13 @@ class RTDETRTransformer(nn.Module):
     def _get_decoder_input(
         self,
         memory: Tensor,
-        spatial_shapes: List[Tuple[int, int]],
+        anchors_and_mask: Tuple[Tensor, Tensor],
         denoising_class: Optional[Tensor] = None,
         denoising_bbox_unact: Optional[Tensor] = None,
-        anchors_and_mask: Optional[Tuple[Tensor, Tensor]] = None,
     ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         """IoU-aware query selection (top-k over the max class logit of the encoder head).
 
-        ``anchors_and_mask``: the :meth:`_generate_anchors` result for ``spatial_shapes`` if the caller has it.
+        ``anchors_and_mask``: the :meth:`_generate_anchors` result for the memory's spatial shapes.
 
         Returns:
             target [B, Ndn+Q, C] (content queries, detached unless learnt), ref_unact [B, Ndn+Q, 4] (detached),
@@ -443,10 +442,6 @@ class RTDETRTransformer(nn.Module):
         bs, num_tokens, _ = memory.shape
         if num_tokens < self.num_queries:
             raise ValueError(f"memory has {num_tokens} tokens, fewer than num_queries={self.num_queries}")
-        # anchors in float32 at least (official: float32 anchors added to the (possibly autocast) head output)
-        if anchors_and_mask is None:
-            anchor_dtype = torch.promote_types(memory.dtype, torch.float32)
-            anchors_and_mask = self._generate_anchors(spatial_shapes, dtype=anchor_dtype, device=memory.device)
         anchors, valid_mask = anchors_and_mask
 
         output_memory = self.enc_output(valid_mask.to(memory.dtype) * memory)
@@ -521,7 +516,7 @@ class RTDETRTransformer(nn.Module):
         if anchors_and_mask[0].shape[1] != memory.shape[1]:
             raise ValueError(f"anchors for {anchors_and_mask[0].shape[1]} tokens, memory has {memory.shape[1]}")
         target, init_ref_points_unact, enc_topk_bboxes, enc_topk_logits = self._get_decoder_input(
-            memory, spatial_shapes, denoising_class, denoising_bbox_unact, anchors_and_mask
+            memory, anchors_and_mask, denoising_class, denoising_bbox_unact
         )
         out_bboxes, out_logits = self.decoder(
             target,
@@ -550,7 +545,7 @@ class RTDETRTransformer(nn.Module):
         self.static_denoising_size = True
 
     def _body(self):
-        return compiled_function(type(self)._forward_body, getattr(self, "_body_compile_kwargs", None))
+        return compiled_function(type(self)._forward_body, self._body_compile_kwargs)
 
     # ----------------------------------------------------------------------------------------------- forward
     def forward(self, feats: List[Tensor], targets: Optional[List[Dict[str, Tensor]]] = None) -> Dict:
