@@ -226,10 +226,9 @@ class RTDETRCriterion(nn.Module):
         """
         kwargs = self._loss_compile_kwargs
         fn = compiled_function(type(self)._set_loss_terms, kwargs)
-        if kwargs is None:
-            return fn(self, logits, boxes, pairs, targets.labels, targets.boxes, num_boxes)
-        # no "duck" sizes: equal sizes at tracing time (e.g. as many targets as classes) would become guards
-        with _shape_config.patch(use_duck_shape=False):
+        # compiled: no "duck" sizes (equal sizes at tracing time, e.g. as many targets as classes, would be guards)
+        shapes = contextlib.nullcontext() if kwargs is None else _shape_config.patch(use_duck_shape=False)
+        with shapes:
             return fn(self, logits, boxes, pairs, targets.labels, targets.boxes, num_boxes)
 
     def _set_loss_terms(
