@@ -473,7 +473,7 @@ def main(argv=None) -> int:
         print(
             f"{row['what']:<32} {row['precision']:<5} {row['size']:<10} bs {row['batch']:<3} "
             f"{row['img_per_s']:9.1f} img/s {row['ms_per_batch']:9.2f} ms  peak {row['peak_gib']:.2f} GiB"
-            f" (reserved {row.get('reserved_gib', float('nan')):.2f}){ratio}",
+            f" (reserved {row['reserved_gib']:.2f}){ratio}",
             flush=True,
         )
 
