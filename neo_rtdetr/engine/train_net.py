@@ -206,9 +206,22 @@ class TrainSchedule:
             )
         self.iters_per_epoch = iters_per_epoch
         self.max_iter = int(cfg.train.max_iter or cfg.train.epochs * iters_per_epoch)
-        eval_epochs = cfg.train.get("eval_period_epochs", 1)
-        self.eval_period = int(eval_epochs * iters_per_epoch) if eval_epochs else 0
-        self.checkpoint_period = max(1, int(cfg.train.get("checkpoint_period_epochs", 1) * iters_per_epoch))
+        # 0 (or None) = only at the end; a positive period is at least one iteration
+        self.eval_period = self._period("eval_period_epochs", cfg.train.get("eval_period_epochs", 1))
+        self.checkpoint_period = self._period("checkpoint_period_epochs", cfg.train.get("checkpoint_period_epochs", 1))
+
+    @property
+    def checkpoint_hook_period(self) -> int:
+        """The period of detectron2's ``PeriodicCheckpointer`` (which also saves ``model_final`` at the end)."""
+        return self.checkpoint_period or self.max_iter + 1
+
+    def _period(self, key: str, epochs) -> int:
+        """A period in epochs as iterations (0: only at the end)."""
+        if epochs is None or epochs == 0:
+            return 0
+        if isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or not epochs > 0:
+            raise ValueError(f"train.{key} must be a number of epochs >= 0 (0: only at the end), got {epochs!r}")
+        return max(1, int(epochs * self.iters_per_epoch))
 
 
 def wrap_ddp(model: torch.nn.Module, ddp_cfg) -> torch.nn.Module:
@@ -264,8 +277,9 @@ def do_train(cfg, *, resume: bool = False, extra_hooks: Sequence[HookBase] = ())
     check_training_data(cfg, model, train_loader)
     schedule = TrainSchedule(cfg, train_loader.iters_per_epoch)
     logger.info(
-        "%d iterations per epoch, %d iterations in all, eval every %s, checkpoint every %d",
-        schedule.iters_per_epoch, schedule.max_iter, schedule.eval_period or "end only", schedule.checkpoint_period,
+        "%d iterations per epoch, %d iterations in all, eval every %s, checkpoint every %s",
+        schedule.iters_per_epoch, schedule.max_iter, schedule.eval_period or "end only",
+        schedule.checkpoint_period or "end only",
     )
 
     ema = ModelEMA(model, decay=cfg.train.ema.decay, warmups=cfg.train.ema.warmups) if cfg.train.ema.enabled else None
@@ -307,7 +321,7 @@ def do_train(cfg, *, resume: bool = False, extra_hooks: Sequence[HookBase] = ())
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
             LossTraceWriter(os.path.join(cfg.train.output_dir, LOSS_TRACE_FILE))
             if cfg.train.get("loss_trace", False) else None,
-            hooks.PeriodicCheckpointer(checkpointer, schedule.checkpoint_period, max_iter=schedule.max_iter,
+            hooks.PeriodicCheckpointer(checkpointer, schedule.checkpoint_hook_period, max_iter=schedule.max_iter,
                                        max_to_keep=cfg.train.checkpointer.max_to_keep)
             if comm.is_main_process() else None,
             # eval_period 0 = only after the last iteration (EvalHook always evaluates at the end)
