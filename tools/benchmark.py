@@ -218,39 +218,17 @@ def bench_train(args, cfg_model, device, record):
             torch.cuda.empty_cache()
 
 
-def _phase_markers(model):
-    """Forward hooks that open a profiler range ("## backbone", ...) around each top-level part of the model."""
-    import torch
-
-    handles = []
-    for name in ("backbone", "encoder", "decoder", "criterion"):
-        module = getattr(model, name, None)
-        # (a hook inside a compiled module would be traced: a graph break and another graph, only while profiling)
-        if module is None or getattr(module, "_compiled_call_impl", None) is not None:
-            continue
-        ranges = []
-
-        def pre(_m, _args, _name=name, _ranges=ranges):
-            r = torch.profiler.record_function(f"## {_name}")
-            r.__enter__()
-            _ranges.append(r)
-
-        def post(_m, _args, _out, _ranges=ranges):
-            _ranges.pop().__exit__(None, None, None)
-
-        handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
-    return handles
-
-
 def _profile(step, device, path, title, model=None):
     """Profile 3 steps: per-phase host and device time, kernel launches per step, and the top operators."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
+    from neo_rtdetr.utils.profiling import phase_markers, step_summary_lines
+
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     step()
     _sync(device)
-    handles = _phase_markers(model) if model is not None else []
+    handles = phase_markers(model) if model is not None else []
     try:
         with profile(activities=activities) as prof:
             for _ in range(3):
@@ -260,18 +238,7 @@ def _profile(step, device, path, title, model=None):
         for h in handles:
             h.remove()
     averages = prof.key_averages()
-    lines = [f"==== {title}: per step (mean of 3)", f"{'phase / op':<28}{'host ms':>10}{'calls':>8}"]
-    host_rows = ("cudaLaunchKernel", "cuLaunchKernel", "cudaMemcpyAsync", "cudaStreamSynchronize",
-                 "cudaDeviceSynchronize")
-    for evt in averages:
-        # the "## " ranges also appear as GPU-side spans (device_type CUDA): host rows only here
-        if evt.device_type.name == "CPU" and (evt.key.startswith("## ") or evt.key in host_rows):
-            lines.append(f"{evt.key:<28}{evt.cpu_time_total / 3e3:>10.2f}{evt.count / 3:>8.0f}")
-    # kernel (and memcpy/memset) time only: the GPU-side spans of the "## " ranges cover gaps and overlap kernels
-    device_ms = sum(e.self_device_time_total for e in averages
-                    if e.device_type.name == "CUDA" and not e.key.startswith("## ")) / 3e3 \
-        if device.type == "cuda" else float("nan")
-    lines.append(f"{'device (sum of kernels)':<28}{device_ms:>10.2f}")
+    lines = [f"==== {title}: per step (mean of 3)"] + step_summary_lines(averages, 3, cuda=device.type == "cuda")
     sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
     with open(path, "a") as f:
         f.write("\n".join(lines) + "\n")

@@ -28,5 +28,8 @@ train = dict(
     # "reduce-overhead" | "max-autotune-no-cudagraphs" | "max-autotune", None written null on the command line;
     # backend: a torch.compile backend).
     compile=dict(enabled=False, mode="reduce-overhead", backend="inductor"),
+    # torch.profiler over a few iterations of this run (neo_rtdetr/engine/profiler_hook.py): a per-step summary
+    # (wall vs device kernel time, host time per phase, host waits) and a Chrome trace under <output_dir>/profile/
+    profile=dict(enabled=False, start_iter=100, iters=3, trace=True),
     checkpointer=dict(max_to_keep=5),
 )

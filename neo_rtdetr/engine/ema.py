@@ -28,6 +28,7 @@ from neo_rtdetr.checkpoint.checkpointer import (
     drop_anchor_buffers,
     is_anchor_buffer,
 )
+from neo_rtdetr.utils.profiling import phase
 
 __all__ = ["ModelEMA", "EMAHook", "ema_weights_for_eval", "unwrap_model"]
 
@@ -235,7 +236,8 @@ class EMAHook(HookBase):
     def after_step(self) -> None:
         if getattr(self.trainer, "last_step_skipped", False):
             return
-        self.ema.update(self._tracked())
+        with phase("ema update"):
+            self.ema.update(self._tracked())
         self.trainer.storage.put_scalar("ema_decay", self.ema.decay_at(self.ema.updates), smoothing_hint=False)
 
 

@@ -25,6 +25,7 @@ from neo_rtdetr.engine.compile import compile_model
 from neo_rtdetr.engine.ema import EMAHook, ModelEMA, unwrap_model
 from neo_rtdetr.engine.loss_trace import LOSS_TRACE_FILE, LossTraceWriter
 from neo_rtdetr.engine.preflight import check_evaluation_data, check_training_data
+from neo_rtdetr.engine.profiler_hook import build_profiler_hook
 from neo_rtdetr.engine.step_seed import StepSeedHook
 from neo_rtdetr.engine.trainer import RTDETRTrainer
 
@@ -331,6 +332,7 @@ def do_train(cfg, *, resume: bool = False, extra_hooks: Sequence[HookBase] = ())
             hooks.PeriodicWriter(default_writers(cfg.train.output_dir, schedule.max_iter), period=cfg.train.log_period)
             if comm.is_main_process() else None,
             *extra_hooks,
+            build_profiler_hook(cfg.train.get("profile"), cfg.train.output_dir),  # last: it covers whole iterations
         ]
     )
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)

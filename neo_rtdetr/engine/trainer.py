@@ -20,6 +20,8 @@ from torch import nn
 from detectron2.engine import SimpleTrainer
 from detectron2.engine.train_loop import TrainerBase
 
+from neo_rtdetr.utils.profiling import phase
+
 __all__ = ["RTDETRTrainer"]
 
 logger = logging.getLogger(__name__)
@@ -189,10 +191,11 @@ class RTDETRTrainer(SimpleTrainer):
         assert self.model.training, "[RTDETRTrainer] model was changed to eval mode!"
         _mark_cudagraph_step()
         start = time.perf_counter()
-        data = next(self._data_loader_iter)
+        with phase("data"):
+            data = next(self._data_loader_iter)
         data_time = time.perf_counter() - start
 
-        with self._autocast():
+        with phase("forward"), self._autocast():
             loss_dict = self.model(data)
         if isinstance(loss_dict, torch.Tensor):
             loss_dict = {"total_loss": loss_dict}
@@ -201,18 +204,21 @@ class RTDETRTrainer(SimpleTrainer):
 
         self.optimizer.zero_grad(set_to_none=True)
         # Always backward, even for a non-finite loss: DDP ranks must join the gradient all-reduce.
-        if self.grad_scaler is not None:
-            self.grad_scaler.scale(losses).backward()
-            self.grad_scaler.unscale_(self.optimizer)
-        else:
-            losses.backward()
-        grad_norm = self._grad_norm_and_clip().detach().to(losses.device, torch.float32)
+        with phase("backward"):
+            if self.grad_scaler is not None:
+                self.grad_scaler.scale(losses).backward()
+                self.grad_scaler.unscale_(self.optimizer)
+            else:
+                losses.backward()
+        with phase("grad clip"):
+            grad_norm = self._grad_norm_and_clip().detach().to(losses.device, torch.float32)
 
         bad = torch.stack([~torch.isfinite(losses.detach()), ~torch.isfinite(grad_norm)]).float()
         if _world_size() > 1:
             dist.all_reduce(bad, op=dist.ReduceOp.MAX)
         # the step's one host transfer: skip flags, loss terms and grad norm together
-        host = torch.cat([bad, values.detach(), grad_norm.reshape(1)]).cpu()
+        with phase("host transfer"):
+            host = torch.cat([bad, values.detach(), grad_norm.reshape(1)]).cpu()
         loss_bad, grad_bad = bool(host[0]), bool(host[1])
         host_losses = dict(zip(loss_dict, host[2:-1].unbind()))
         grad_norm_value = float(host[-1])
@@ -226,12 +232,13 @@ class RTDETRTrainer(SimpleTrainer):
         self._write_metrics(host_losses, data_time)
         storage = self.storage
         storage.put_scalar("grad_norm", grad_norm_value)
-        if self.grad_scaler is not None:
-            storage.put_scalar("loss_scale", float(self.grad_scaler.get_scale()), smoothing_hint=False)
-            self.grad_scaler.step(self.optimizer)
-            self.grad_scaler.update()
-        else:
-            self.optimizer.step()
+        with phase("optimizer"):
+            if self.grad_scaler is not None:
+                storage.put_scalar("loss_scale", float(self.grad_scaler.get_scale()), smoothing_hint=False)
+                self.grad_scaler.step(self.optimizer)
+                self.grad_scaler.update()
+            else:
+                self.optimizer.step()
 
     def _skip_step(self, data: Any, loss_dict: Mapping[str, torch.Tensor], grad_norm: float, loss_bad: bool) -> None:
         self.nonfinite_count += 1

@@ -1,0 +1,81 @@
+"""``train.profile``: the TrainingProfiler hook profiles exactly the asked iterations of a real training run
+(``do_train`` on CPU) and writes the per-step summary and a Chrome trace."""
+
+import gzip
+import json
+import logging
+import os
+import re
+
+import pytest
+
+from neo_rtdetr.engine.profiler_hook import TrainingProfiler
+from neo_rtdetr.engine.train_net import do_train
+
+from .test_train_compile import _cfg
+
+
+def _run(out, cache, overrides):
+    logger = logging.getLogger("neo_rtdetr.engine.profiler_hook")
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        do_train(_cfg(out, cache, overrides))
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    return [r.getMessage() for r in records]
+
+
+def _calls_per_step(text, name):
+    m = re.search(rf"^## {re.escape(name)}\s+([\d.]+)\s+(\d+)$", text, re.M)
+    assert m, f"no '## {name}' row in\n{text}"
+    return float(m.group(1)), int(m.group(2))
+
+
+def test_profiles_the_asked_iterations_of_a_training_run(synthetic_cache, tmp_path):
+    messages = _run(str(tmp_path), synthetic_cache, [
+        "train.max_iter=5", "train.profile.enabled=True", "train.profile.start_iter=2", "train.profile.iters=2"])
+    prof_dir = tmp_path / "profile"
+    assert sorted(os.listdir(prof_dir)) == ["profile_iter2-3.txt", "profile_iter2-3_trace.json.gz"]
+    text = (prof_dir / "profile_iter2-3.txt").read_text()
+    assert text.startswith("==== training iterations 2-3 (2 steps)") and ", CPU" in text.splitlines()[0]
+    # the trainer's phases, the EMA hook's and the model's parts, once per step (per-step means over the 2 profiled steps)
+    for name in ("data", "forward", "backward", "grad clip", "host transfer", "optimizer", "ema update",
+                 "backbone", "encoder", "decoder", "criterion"):
+        host_ms, calls = _calls_per_step(text, name)
+        assert calls == 1 and host_ms > 0, (name, host_ms, calls)
+    # the forward's parts lie inside it
+    assert _calls_per_step(text, "backbone")[0] < _calls_per_step(text, "forward")[0]
+    assert re.search(r"^wall per step \(synchronized\)\s+[\d.]+ ms$", text, re.M)
+    assert "sorted by cpu_time_total" in text
+    # the trace holds exactly the 2 profiled steps
+    with gzip.open(prof_dir / "profile_iter2-3_trace.json.gz", "rt") as f:
+        events = json.load(f)["traceEvents"]
+    assert sum(e.get("name") == "## forward" for e in events) == 2
+    assert any("TrainingProfiler: wrote" in m and "## forward" in m for m in messages)
+
+
+def test_a_window_past_the_end_writes_what_was_recorded(synthetic_cache, tmp_path):
+    messages = _run(str(tmp_path), synthetic_cache, [
+        "train.max_iter=4", "train.profile.enabled=True", "train.profile.start_iter=3", "train.profile.iters=5",
+        "train.profile.trace=False"])
+    assert any("the profile will be shorter" in m for m in messages), messages
+    assert os.listdir(tmp_path / "profile") == ["profile_iter3-3.txt"]  # the last iteration only, no trace
+    text = (tmp_path / "profile" / "profile_iter3-3.txt").read_text()
+    assert _calls_per_step(text, "forward")[1] == 1
+
+
+def test_profiling_off_adds_no_hook_and_no_files(synthetic_cache, tmp_path):
+    _run(str(tmp_path), synthetic_cache, ["train.max_iter=2"])
+    assert not (tmp_path / "profile").exists()
+
+
+@pytest.mark.parametrize("start, iters", [(-1, 3), (0, 0)])
+def test_bad_windows_are_refused(start, iters, tmp_path):
+    with pytest.raises(ValueError, match="start_iter must be >= 0 and iters >= 1"):
+        TrainingProfiler(start_iter=start, iters=iters, output_dir=str(tmp_path))
