@@ -465,6 +465,8 @@ def main(argv=None) -> int:
         "rows": rows,
         "accuracy": accuracy,
     }
+    if accuracy is not None:  # (``config`` is the model of the speed rows)
+        result["accuracy_config"], result["accuracy_checkpoint"] = args.accuracy_config, args.accuracy_checkpoint
     with open(args.output, "w") as f:
         json.dump(result, f, indent=1)
     print(f"wrote {args.output} ({result['device']})")

@@ -11,7 +11,10 @@
 #   bench     the benchmark tables (train variants, inference, HF transformers; BASE_TREE first if given)
 #   data      the data pipeline per worker count
 #   e2e       an R18 end-to-end run on synthetic data, then the fast paths' accuracy on its checkpoint
-#   compiled  the compiled training step (compile_graphs) against eager at 640, interleaved (~6 min)
+#   compiled  the compiled training step (compile_graphs) against eager at 640, interleaved, with a profile of
+#             the compiled step (~6 min)
+#   train     R50 640 training runs with the real data loader (synthetic COCO-sized JPEGs, fixed size 640):
+#             train.compile then eager, each with train.profile over 3 iterations; step and data time (~8 min)
 #
 # BASE_TREE: optional checkout of an earlier commit (e.g. `git archive <commit> | tar -x -C .bench_base`): its
 # tools/benchmark.py runs first on the same card, and this tree's rows get a ratio column against it.
@@ -22,12 +25,12 @@ cd "$(dirname "$0")/.."
 OUT="${OUT:-./gpu_out}"; mkdir -p "$OUT"; OUT="$(cd "$OUT" && pwd)"
 BASE="${1:-}"
 export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1 NEO_RTDETR_CACHE="${NEO_RTDETR_CACHE:-/tmp/neo_rtdetr_cache}"
-if [ -d .whl ]; then
+if [ -d .whl ] && ! python3 -c "import detectron2, fvcore, omegaconf, pycocotools" 2>/dev/null; then  # offline wheels
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH="$PWD:/tmp/site"
 fi
 start=$(date +%s); step() { echo "[$(( $(date +%s) - start )) s] $*"; }
-PARTS="${PARTS:-tests bench data e2e compiled}"; want() { case " $PARTS " in *" $1 "*) return 0;; esac; return 1; }
+PARTS="${PARTS:-tests bench data e2e compiled train}"; want() { case " $PARTS " in *" $1 "*) return 0;; esac; return 1; }
 
 if want tests; then
   timeout 540 python3 -m pytest -q -m gpu tests/gpu -p no:cacheprovider > "$OUT/gpu_tests.log" 2>&1
@@ -54,12 +57,45 @@ if want e2e; then
   timeout 240 python3 tools/lazyconfig_train_net.py --config-file configs/rtdetr_r18_synthetic_h100.py \
     train.output_dir=/tmp/r18 train.log_period=50 > "$OUT/r18.log" 2>&1
   cp /tmp/r18/metrics.json "$OUT/r18_metrics.json" 2>/dev/null; step r18 end to end
-  timeout 90 python3 tools/benchmark.py --skip-train --skip-infer --accuracy-config configs/rtdetr_r18_synthetic_h100.py \
-    --accuracy-checkpoint /tmp/r18/model_final.pth --output "$OUT/accuracy.json" > "$OUT/accuracy.log" 2>&1
+  timeout 240 python3 tools/benchmark.py --skip-train --skip-infer --accuracy-config configs/rtdetr_r18_synthetic_h100.py \
+    --accuracy-checkpoint /tmp/r18/model_final.pth --accuracy-compiled --output "$OUT/accuracy.json" > "$OUT/accuracy.log" 2>&1
   grep -A6 "^accuracy" "$OUT/accuracy.log"; step accuracy
 fi
 if want compiled; then
   timeout 500 python3 tools/benchmark.py --skip-infer --sizes 640x640 --train-precisions bf16 --iters 30 --warmup 5 \
-    --train-variants compile_graphs,default --output "$OUT/bench_compiled.json" > "$OUT/bench_compiled.log" 2>&1
+    --train-variants compile_graphs,default --profile-train "$OUT/bench_compiled_profile.txt" \
+    --output "$OUT/bench_compiled.json" > "$OUT/bench_compiled.log" 2>&1
   grep -E "img/s|compilation" "$OUT/bench_compiled.log"; step compiled train step
+fi
+if want train; then
+  # fixed 640 (one compiled size), only the final checkpoint, evaluation only at the end; TRAIN_CONFIG and
+  # TRAIN_EXTRA (more overrides) choose another model or settings, TRAIN_BATCH the batch (16)
+  batch="${TRAIN_BATCH:-16}"
+  fixed=(+dataloader.datasets.0.num_train=512 dataloader.train.total_batch_size="$batch"
+         dataloader.train.multi_scale=null train.eval_period_epochs=0
+         train.checkpoint_period_epochs=0 train.log_period=20 train.profile.enabled=True ${TRAIN_EXTRA:-})
+  for run in "compiled 400 400 train.compile.enabled=True train.profile.start_iter=300" \
+             "eager 150 200 train.compile.enabled=False train.profile.start_iter=150"; do
+    set -- $run
+    timeout -s INT "$2" python3 tools/lazyconfig_train_net.py \
+      --config-file "${TRAIN_CONFIG:-configs/rtdetr_r50_synthetic640_h100.py}" train.max_iter="$3" "$4" "$5" \
+      train.output_dir="/tmp/train_$1" "${fixed[@]}" > "$OUT/train_$1.log" 2>&1
+    cp "/tmp/train_$1/metrics.json" "$OUT/train_$1_metrics.json"
+    for f in /tmp/train_$1/profile/*; do [ -f "$f" ] && cp "$f" "$OUT/train_$1_$(basename "$f")"; done
+    python3 - "$OUT/train_$1_metrics.json" "$1" "$batch" <<'PY'
+import json, sys
+try:
+    rows = [json.loads(line) for line in open(sys.argv[1]) if '"time"' in line]
+except OSError:
+    rows = []
+late = rows[len(rows) // 2:]  # the second half: compiled and warmed up
+if late:
+    t, d = (sum(r[k] for r in late) / len(late) for k in ("time", "data_time"))
+    print(f"train ({sys.argv[2]}): {t * 1e3:.1f} ms per step = {int(sys.argv[3]) / t:.1f} img/s, data time {d * 1e3:.2f} ms "
+          f"(iterations {late[0]['iteration']}-{late[-1]['iteration']})")
+else:
+    print(f"train ({sys.argv[2]}): no timed iterations")
+PY
+    step "train $1"
+  done
 fi

@@ -57,6 +57,7 @@ def test_accuracy_mode_compares_every_path_with_eager_fp32(tmp_path):
                           "--accuracy-checkpoint", str(ckpt), "--accuracy-max-images", "8",
                           env={"NEO_RTDETR_CACHE": str(tmp_path / "cache")})
     acc = result["accuracy"]
+    assert result["accuracy_config"] == config and result["accuracy_checkpoint"] == str(ckpt)
     assert set(acc) == {"eager fp32", "eager bf16 autocast", "fast bf16", "fast fp32"}
     assert acc["eager fp32"]["agreement_top100"] == 1.0 and acc["fast fp32"]["agreement_top100"] == 1.0
     assert all(0.0 <= r["AP"] <= 100.0 for r in acc.values())
