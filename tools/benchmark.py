@@ -13,7 +13,11 @@ Rows:
   ``pytorch_msda`` (the grid_sample reference core instead of the Triton kernels), ``foreach_adamw``,
   ``compile`` (channels-last, backbone and encoder under ``torch.compile``), ``compile_all`` (+ the decoder,
   denoising queries padded to a fixed count, and the criterion's loss terms), ``compile_graphs`` (``compile_all``
-  with ``mode="reduce-overhead"``: the static-shape parts replayed as CUDA graphs).
+  with ``mode="reduce-overhead"``: the static-shape parts replayed as CUDA graphs). ``trainer`` and
+  ``trainer_compile_graphs``: ``default`` and ``compile_graphs`` stepped as a training run steps them, by
+  :class:`~neo_rtdetr.engine.trainer.RTDETRTrainer` with the per-step seeding and EMA hooks, on host (pinned) batches
+  as the data loader gives them, four of them in turn with other box counts; no data loader (no worker processes):
+  the difference to the bare step is the trainer's own cost.
 * ``eager`` inference: ``model(list[dict])`` (Detectron2 contract, uint8 images in, Instances out), bf16 autocast
   or fp32. ``fast``: :class:`~neo_rtdetr.engine.fast_inference.FastInference` (deployed bf16/fp32 copy,
   channels-last, CUDA graphs), same contract. ``fast net``: its network + top-k on a normalised float batch (what
@@ -40,7 +44,8 @@ import sys
 import time
 
 TRAIN_VARIANTS = (
-    "default", "channels_last", "pytorch_msda", "foreach_adamw", "compile", "compile_all", "compile_graphs"
+    "default", "channels_last", "pytorch_msda", "foreach_adamw", "compile", "compile_all", "compile_graphs",
+    "trainer", "trainer_compile_graphs",
 )
 # row names of earlier versions of this script, for --baseline-json
 BASELINE_ALIASES = {"train step (default)": "ours train step", "ours eager": "ours inference"}
@@ -70,7 +75,7 @@ def parse_args(argv=None):
     p.add_argument("--accuracy-max-images", type=int, default=0, help="0 = the whole test set")
     p.add_argument("--accuracy-compiled", action="store_true",
                    help="also FastInference(compile=True) (compiles once per test-image shape: slow to start)")
-    p.add_argument("--profile-train", default=None, help="write a profiler table of the train step here (the first --train-variants entry, every size)")
+    p.add_argument("--profile-train", default=None, help="write a profiler table of the train step here (every --train-variants entry and size)")
     p.add_argument("--profile-infer", default=None, help="write a kernel table of the deployed network (eager) here (first --precisions entry, largest batch)")
     p.add_argument("--baseline-json", default=None, help="add a ratio column against this earlier result")
     p.add_argument("--output", default="benchmark.json")
@@ -108,17 +113,21 @@ def _time(fn, device, warmup, iters):
     return elapsed, peak, reserved
 
 
-def _inputs(batch, h, w, num_classes, device, with_targets):
+def _inputs(batch, h, w, num_classes, device, with_targets, seed=0):
+    """A batch as the model takes it; images on ``device`` (pinned when they stay on the host of a CUDA machine, as
+    the data loader gives them), targets on the host."""
     import torch
 
     from detectron2.structures import Instances
 
     from neo_rtdetr.modeling.meta_arch.rtdetr import TARGET_BOXES_FIELD
 
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(seed)
+    pin = device.type == "cpu" and torch.cuda.is_available()
     out = []
     for _ in range(batch):
-        d = {"image": torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g).to(device)}
+        image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g).to(device)
+        d = {"image": image.pin_memory() if pin else image}
         if with_targets:
             n = int(torch.randint(1, 20, (1,), generator=g))
             inst = Instances((h, w))
@@ -155,6 +164,40 @@ def _use_reference_msda(model):
             m.ms_deformable_attn_core = multi_scale_deformable_attention
 
 
+class _TrainerStep:
+    """One training iteration as a training run does it: RTDETRTrainer's step between the hooks' ``before_step`` /
+    ``after_step`` (per-step seeding, EMA), over host batches in turn; inside an EventStorage (the trainer's metrics).
+    """
+
+    def __init__(self, model, optimizer, ema, batches, precision, amp):
+        import itertools
+
+        from detectron2.utils.events import EventStorage
+
+        from neo_rtdetr.engine.ema import EMAHook
+        from neo_rtdetr.engine.step_seed import StepSeedHook
+        from neo_rtdetr.engine.trainer import RTDETRTrainer
+
+        self.trainer = RTDETRTrainer(model, itertools.cycle(batches), optimizer, precision=precision, amp=amp,
+                                     clip_grad_max_norm=0.1)
+        self.trainer.register_hooks([StepSeedHook(0), EMAHook(ema)])
+        self.trainer.iter = self.trainer.start_iter = 0
+        self.trainer.max_iter = 1 << 40
+        self.storage = EventStorage(0)
+        self.trainer.storage = self.storage.__enter__()
+        self.trainer.before_train()
+
+    def __call__(self):
+        t = self.trainer
+        t.before_step()
+        t.run_step()
+        t.after_step()
+        t.iter += 1
+
+    def close(self):
+        self.storage.__exit__(None, None, None)
+
+
 def bench_train(args, cfg_model, device, record):
     import torch
 
@@ -163,25 +206,40 @@ def bench_train(args, cfg_model, device, record):
     for variant in variants:
         if variant not in TRAIN_VARIANTS:
             raise SystemExit(f"unknown train variant {variant!r}; choose from {TRAIN_VARIANTS}")
-        model = _build(cfg_model, device, channels_last=variant == "channels_last" or variant.startswith("compile"))
+    for variant in variants:
+        via_trainer = variant.startswith("trainer")
+        base = variant.partition("_")[2] if variant.startswith("trainer_") else "default" if via_trainer else variant
+        model = _build(cfg_model, device, channels_last=base == "channels_last" or base.startswith("compile"))
         model.train()
-        if variant == "pytorch_msda":
+        ema = None
+        if via_trainer:  # made before compiling, as train_net does (the EMA copy stays eager)
+            from neo_rtdetr.engine.ema import ModelEMA
+
+            ema = ModelEMA(model, decay=0.9999, warmups=2000)
+        if base == "pytorch_msda":
             _use_reference_msda(model)
-        if variant.startswith("compile"):
+        if base.startswith("compile"):
             from neo_rtdetr.engine.compile import compile_model
 
-            everything = variant != "compile"
+            everything = base != "compile"
             compile_model(model, decoder=everything, criterion=everything,
-                          mode="reduce-overhead" if variant == "compile_graphs" else None)
+                          mode="reduce-overhead" if base == "compile_graphs" else None)
         params = [p for p in model.parameters() if p.requires_grad]
-        fused = variant != "foreach_adamw" and device.type == "cuda"
+        fused = base != "foreach_adamw" and device.type == "cuda"
         opt = torch.optim.AdamW(params, lr=1e-5, fused=fused) if fused else torch.optim.AdamW(params, lr=1e-5)
         for prec in args.train_precisions.split(","):
             amp = prec != "fp32" and device.type == "cuda"
             for h, w in _parse_sizes(args.train_sizes or args.sizes):
-                batch = _inputs(args.train_batch, h, w, model.num_classes, device, True)
+                batch = None if via_trainer else _inputs(args.train_batch, h, w, model.num_classes, device, True)
+                stepper = None
+                if via_trainer:
+                    host = torch.device("cpu")
+                    batches = [_inputs(args.train_batch, h, w, model.num_classes, host, True, seed=s) for s in range(4)]
+                    stepper = _TrainerStep(model, opt, ema, batches, prec, amp)
 
                 def train_step():
+                    if stepper is not None:
+                        return stepper()
                     torch.compiler.cudagraph_mark_step_begin()  # (compile_graphs: a new step of the CUDA graph trees)
                     with torch.autocast(device.type, dtype=dtypes[prec], enabled=amp):
                         losses = model(batch)
@@ -194,7 +252,7 @@ def bench_train(args, cfg_model, device, record):
                         opt.step()
 
                 try:
-                    if variant.startswith("compile"):  # compile outside the timed warm-up, and say how long it took
+                    if "compile" in variant:  # compile outside the timed warm-up, and say how long it took
                         t0 = time.perf_counter()
                         train_step()
                         _sync(device)
@@ -204,16 +262,19 @@ def bench_train(args, cfg_model, device, record):
                     record(what=f"train step ({variant})", precision=prec, size=f"{h}x{w}", batch=args.train_batch,
                            img_per_s=args.train_batch / t, ms_per_batch=t * 1e3, peak_gib=peak,
                            reserved_gib=reserved)
-                    if args.profile_train and variant == variants[0]:
+                    if args.profile_train:
                         _profile(train_step, device, args.profile_train, f"{variant} {prec} {h}x{w}", model)
                 except torch.cuda.OutOfMemoryError:
                     print(f"train step ({variant}) {prec} {h}x{w}: out of memory", flush=True)
                 except Exception as e:  # a compile failure is a result to report, not a reason to stop the run
-                    if not variant.startswith("compile"):
+                    if "compile" not in variant:
                         raise
                     print(f"train step ({variant}) {prec} {h}x{w}: FAILED {type(e).__name__}: {str(e)[:300]}",
                           flush=True)
-        del model, opt
+                finally:
+                    if stepper is not None:
+                        stepper.close()
+        del model, opt, ema
         if device.type == "cuda":
             torch.cuda.empty_cache()
 

@@ -11,8 +11,8 @@
 #   bench     the benchmark tables (train variants, inference, HF transformers; BASE_TREE first if given)
 #   data      the data pipeline per worker count
 #   e2e       an R18 end-to-end run on synthetic data, then the fast paths' accuracy on its checkpoint
-#   compiled  the compiled training step (compile_graphs) against eager at 640, interleaved, with a profile of
-#             the compiled step (~6 min)
+#   compiled  the compiled training step (compile_graphs) and eager at 640, each bare and stepped by the trainer
+#             with its hooks (trainer_*: the trainer's own cost), each profiled (~8 min)
 #   train     R50 640 training runs with the real data loader (synthetic COCO-sized JPEGs, fixed size 640):
 #             train.compile then eager, each with train.profile over 3 iterations; step and data time (~8 min)
 #
@@ -62,8 +62,8 @@ if want e2e; then
   grep -A6 "^accuracy" "$OUT/accuracy.log"; step accuracy
 fi
 if want compiled; then
-  timeout 500 python3 tools/benchmark.py --skip-infer --sizes 640x640 --train-precisions bf16 --iters 30 --warmup 5 \
-    --train-variants compile_graphs,default --profile-train "$OUT/bench_compiled_profile.txt" \
+  timeout 540 python3 tools/benchmark.py --skip-infer --sizes 640x640 --train-precisions bf16 --iters 30 --warmup 5 \
+    --train-variants compile_graphs,trainer_compile_graphs,default,trainer --profile-train "$OUT/bench_compiled_profile.txt" \
     --output "$OUT/bench_compiled.json" > "$OUT/bench_compiled.log" 2>&1
   grep -E "img/s|compilation" "$OUT/bench_compiled.log"; step compiled train step
 fi

@@ -41,6 +41,20 @@ def test_rows_json_profile_and_baseline_ratios(tmp_path):
         assert r["baseline_img_per_s"] == before[(r["what"], r["batch"])]
 
 
+def test_trainer_variant_steps_through_the_trainer_and_its_hooks(tmp_path):
+    """The ``trainer`` variant times RTDETRTrainer's step with the seeding and EMA hooks: its profile has the
+    trainer's phases (host transfer of the losses, the EMA update), which the bare ``default`` step has not."""
+    profile = tmp_path / "profile.txt"
+    result, _ = _run(tmp_path, "--skip-infer", "--train-variants", "default,trainer", "--profile-train", str(profile))
+    assert [r["what"] for r in result["rows"]] == ["train step (default)", "train step (trainer)"]
+    text = profile.read_text()
+    default_part, trainer_part = text.split("==== trainer bf16 64x96: per step")
+    default_summary = default_part.split("sorted by")[0]
+    for phase in ("## data", "## forward", "## host transfer", "## optimizer", "## ema update"):
+        assert phase in trainer_part and phase not in default_summary, phase
+    assert "## backbone" in trainer_part and "## backbone" in default_summary  # the model's parts in both
+
+
 def test_accuracy_mode_compares_every_path_with_eager_fp32(tmp_path):
     """--accuracy-*: one pass per path feeds both COCO AP and the agreement with the fp32 eager model. On the CPU the
     float32 fast path computes the model's function, so it reproduces every reference detection (an untrained
