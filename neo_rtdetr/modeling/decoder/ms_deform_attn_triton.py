@@ -76,6 +76,33 @@ if _HAVE_TRITON:
         y0f = tl.floor(yp)
         return x0f.to(tl.int32), y0f.to(tl.int32), xp - x0f, yp - y0f, w
 
+    @triton.jit
+    def _query_block(num_queries, NUM_HEADS: tl.constexpr, BLOCK_Q: tl.constexpr):
+        """This program's batch image ``b``, head ``h``, query mask [BLOCK_Q] and flat (b, q, h) row index [BLOCK_Q]
+        into the ``[B, Q, nH, ...]`` tensors (grid: query blocks x (B * nH))."""
+        bh = tl.program_id(1)
+        b = bh // NUM_HEADS
+        h = bh % NUM_HEADS
+        q = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+        q_mask = q < num_queries
+        qh = ((b * num_queries + q) * NUM_HEADS + h).to(tl.int64)
+        return b, h, q_mask, qh
+
+    @triton.jit
+    def _corner(x0, y0, fx, fy, dx: tl.constexpr, dy: tl.constexpr, q_mask, b, h, num_values, start, height, width,
+                NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr):
+        """Corner (x0 + dx, y0 + dy) of a bilinear cell (dx, dy in {0, 1}, compile-time): its x and y weights
+        [BLOCK_Q], whether it lies inside the level's map [BLOCK_Q], and the offsets of its head-channel vector in
+        the ``[B, S, nH, Dh]`` value layout [BLOCK_Q, Dh]."""
+        xi = x0 + dx
+        yi = y0 + dy
+        wx = fx * dx + (1.0 - fx) * (1 - dx)
+        wy = fy * dy + (1.0 - fy) * (1 - dy)
+        ok = q_mask & (xi >= 0) & (xi < width) & (yi >= 0) & (yi < height)
+        token = (b * num_values + start + yi * width + xi).to(tl.int64)
+        offs = (token * NUM_HEADS + h)[:, None] * HEAD_DIM + tl.arange(0, HEAD_DIM)[None, :]
+        return wx, wy, ok, offs
+
     @triton.jit(do_not_specialize=_RUNTIME_INTS)
     def _msda_fwd_kernel(
         value_ptr, loc_ptr, attw_ptr, out_ptr,
@@ -84,16 +111,10 @@ if _HAVE_TRITON:
         NUM_HEADS: tl.constexpr, NUM_LEVELS: tl.constexpr, NUM_POINTS: tl.constexpr,
         HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr,
     ):
-        pid_q = tl.program_id(0)
-        bh = tl.program_id(1)
-        b = bh // NUM_HEADS
-        h = bh % NUM_HEADS
-        q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
-        q_mask = q < num_queries
+        b, h, q_mask, qh = _query_block(num_queries, NUM_HEADS, BLOCK_Q)
         d = tl.arange(0, HEAD_DIM)
         acc = tl.zeros([BLOCK_Q, HEAD_DIM], dtype=tl.float32)
         # [B, Q, nH, L, P] flattened; the location of (b, q, h, l, p) is at 2 * that index
-        qh = ((b * num_queries + q) * NUM_HEADS + h).to(tl.int64)
         for l in tl.static_range(NUM_LEVELS):
             height, width, start = _level_params(l, h0, w0, s0, h1, w1, s1, h2, w2, s2, h3, w3, s3)
             wf = width * 1.0  # (not .to(): a size of 1 arrives as a compile-time constant)
@@ -101,17 +122,11 @@ if _HAVE_TRITON:
             for p in tl.static_range(NUM_POINTS):
                 idx = (qh * NUM_LEVELS + l) * NUM_POINTS + p
                 x0, y0, fx, fy, w = _sample_point(loc_ptr, attw_ptr, idx, q_mask, wf, hf)
-                for corner in tl.static_range(4):
-                    dx = corner % 2  # 0: left column, 1: right column (compile-time)
-                    dy = corner // 2
-                    xi = x0 + dx
-                    yi = y0 + dy
-                    cw = (fx * dx + (1.0 - fx) * (1 - dx)) * (fy * dy + (1.0 - fy) * (1 - dy))
-                    ok = q_mask & (xi >= 0) & (xi < width) & (yi >= 0) & (yi < height)
-                    token = (b * num_values + start + yi * width + xi).to(tl.int64)
-                    ptrs = value_ptr + (token * NUM_HEADS + h)[:, None] * HEAD_DIM + d[None, :]
-                    v = tl.load(ptrs, mask=ok[:, None], other=0.0).to(tl.float32)
-                    acc += (cw * w)[:, None] * v
+                for corner in tl.static_range(4):  # dx = corner % 2: 0 left, 1 right column; dy: top/bottom row
+                    wx, wy, ok, offs = _corner(x0, y0, fx, fy, corner % 2, corner // 2, q_mask, b, h, num_values,
+                                               start, height, width, NUM_HEADS, HEAD_DIM)
+                    v = tl.load(value_ptr + offs, mask=ok[:, None], other=0.0).to(tl.float32)
+                    acc += (wx * wy * w)[:, None] * v
         out_ptrs = out_ptr + qh[:, None] * HEAD_DIM + d[None, :]
         tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=q_mask[:, None])
 
@@ -124,14 +139,8 @@ if _HAVE_TRITON:
         NUM_HEADS: tl.constexpr, NUM_LEVELS: tl.constexpr, NUM_POINTS: tl.constexpr,
         HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr,
     ):
-        pid_q = tl.program_id(0)
-        bh = tl.program_id(1)
-        b = bh // NUM_HEADS
-        h = bh % NUM_HEADS
-        q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
-        q_mask = q < num_queries
+        b, h, q_mask, qh = _query_block(num_queries, NUM_HEADS, BLOCK_Q)
         d = tl.arange(0, HEAD_DIM)
-        qh = ((b * num_queries + q) * NUM_HEADS + h).to(tl.int64)
         g = tl.load(grad_out_ptr + qh[:, None] * HEAD_DIM + d[None, :], mask=q_mask[:, None], other=0.0)
         g = g.to(tl.float32)  # [BLOCK_Q, Dh]
         for l in tl.static_range(NUM_LEVELS):
@@ -147,13 +156,8 @@ if _HAVE_TRITON:
                 for corner in tl.static_range(4):
                     dx = corner % 2
                     dy = corner // 2
-                    xi = x0 + dx
-                    yi = y0 + dy
-                    wx = fx * dx + (1.0 - fx) * (1 - dx)
-                    wy = fy * dy + (1.0 - fy) * (1 - dy)
-                    ok = q_mask & (xi >= 0) & (xi < width) & (yi >= 0) & (yi < height)
-                    token = (b * num_values + start + yi * width + xi).to(tl.int64)
-                    offs = (token * NUM_HEADS + h)[:, None] * HEAD_DIM + d[None, :]
+                    wx, wy, ok, offs = _corner(x0, y0, fx, fy, dx, dy, q_mask, b, h, num_values, start, height, width,
+                                               NUM_HEADS, HEAD_DIM)
                     v = tl.load(value_ptr + offs, mask=ok[:, None], other=0.0).to(tl.float32)
                     gv = tl.sum(g * v, axis=1)  # d out / d (sample) . grad_out, per query
                     grad_w += wx * wy * gv
@@ -178,27 +182,28 @@ def _level_args(shapes: Sequence[int]) -> List[int]:
     return args
 
 
-def _launch_meta(head_dim: int) -> Tuple[int, int]:
+def _launch(kernel, value: Tensor, shapes: List[int], sampling_locations: Tensor, *tensors: Tensor) -> None:
+    """Run ``kernel`` (forward or backward) over query blocks x (batch x heads); ``tensors`` are its pointer
+    arguments after the value (contiguous), then come the sizes and the compile-time constants."""
+    bs, num_values, num_heads, head_dim = value.shape
+    _, num_queries, _, num_levels, num_points, _ = sampling_locations.shape
     block_q = 32 if head_dim <= 64 else 16
-    num_warps = 4 if head_dim <= 64 else 8
-    return block_q, num_warps
+    grid = (triton.cdiv(num_queries, block_q), bs * num_heads)
+    kernel[grid](
+        value, *tensors, num_values, num_queries, *_level_args(shapes),
+        NUM_HEADS=num_heads, NUM_LEVELS=num_levels, NUM_POINTS=num_points, HEAD_DIM=head_dim,
+        BLOCK_Q=block_q, num_warps=4 if head_dim <= 64 else 8,
+    )
 
 
 @torch.library.custom_op("neo_rtdetr::ms_deform_attn", mutates_args=())
 def _msda_op(value: Tensor, shapes: List[int], sampling_locations: Tensor, attention_weights: Tensor) -> Tensor:
-    bs, num_values, num_heads, head_dim = value.shape
-    _, num_queries, _, num_levels, num_points, _ = sampling_locations.shape
+    bs, _, num_heads, head_dim = value.shape
+    num_queries = sampling_locations.shape[1]
     value = value.contiguous()
-    loc = sampling_locations.contiguous()
-    attw = attention_weights.contiguous()
     out = torch.empty((bs, num_queries, num_heads, head_dim), dtype=value.dtype, device=value.device)
-    block_q, num_warps = _launch_meta(head_dim)
-    grid = (triton.cdiv(num_queries, block_q), bs * num_heads)
-    _msda_fwd_kernel[grid](
-        value, loc, attw, out, num_values, num_queries, *_level_args(shapes),
-        NUM_HEADS=num_heads, NUM_LEVELS=num_levels, NUM_POINTS=num_points, HEAD_DIM=head_dim,
-        BLOCK_Q=block_q, num_warps=num_warps,
-    )
+    _launch(_msda_fwd_kernel, value, shapes, sampling_locations,
+            sampling_locations.contiguous(), attention_weights.contiguous(), out)
     return out.view(bs, num_queries, num_heads * head_dim)
 
 
@@ -212,22 +217,14 @@ def _(value, shapes, sampling_locations, attention_weights):
 def _msda_backward_op(
     grad_output: Tensor, value: Tensor, shapes: List[int], sampling_locations: Tensor, attention_weights: Tensor
 ) -> Tuple[Tensor, Tensor, Tensor]:
-    bs, num_values, num_heads, head_dim = value.shape
-    _, num_queries, _, num_levels, num_points, _ = sampling_locations.shape
     value = value.contiguous()
     loc = sampling_locations.contiguous()
     attw = attention_weights.contiguous()
-    grad_out = grad_output.contiguous()
     grad_value = torch.zeros(value.shape, dtype=torch.float32, device=value.device)
     grad_loc = torch.empty_like(loc)
     grad_attw = torch.empty_like(attw)
-    block_q, num_warps = _launch_meta(head_dim)
-    grid = (triton.cdiv(num_queries, block_q), bs * num_heads)
-    _msda_bwd_kernel[grid](
-        value, loc, attw, grad_out, grad_value, grad_loc, grad_attw, num_values, num_queries, *_level_args(shapes),
-        NUM_HEADS=num_heads, NUM_LEVELS=num_levels, NUM_POINTS=num_points, HEAD_DIM=head_dim,
-        BLOCK_Q=block_q, num_warps=num_warps,
-    )
+    _launch(_msda_bwd_kernel, value, shapes, sampling_locations,
+            loc, attw, grad_output.contiguous(), grad_value, grad_loc, grad_attw)
     return grad_value.to(value.dtype), grad_loc, grad_attw
 
 
