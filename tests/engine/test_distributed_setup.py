@@ -19,6 +19,7 @@ from detectron2.utils import comm
 import neo_rtdetr.engine.train_net as train_net
 from neo_rtdetr.data.catalog import register_synthetic_dataset
 from tests.conftest import small_spec
+from tests.log_records import log_records
 
 
 def _norm_layers(model):
@@ -62,14 +63,8 @@ def test_one_process_keeps_batchnorm(cfg):
 
 def test_sync_bn_off_under_several_processes_warns_about_per_rank_statistics(cfg, two_ranks):
     cfg.train.sync_bn = False
-    records = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    train_net.logger.addHandler(handler)
-    try:
+    with log_records(train_net.logger.name, logging.WARNING) as records:
         model = train_net.build_model(cfg)
-    finally:
-        train_net.logger.removeHandler(handler)
     assert set(_norm_layers(model).values()) == {"BatchNorm2d"}
     assert any(r.levelno == logging.WARNING and "BatchNorm running statistics" in r.getMessage() for r in records)
 

@@ -3,7 +3,6 @@
 
 import gzip
 import json
-import logging
 import os
 import re
 
@@ -12,22 +11,13 @@ import pytest
 from neo_rtdetr.engine.profiler_hook import TrainingProfiler
 from neo_rtdetr.engine.train_net import do_train
 
+from ..log_records import log_records
 from .test_train_compile import _cfg
 
 
 def _run(out, cache, overrides):
-    logger = logging.getLogger("neo_rtdetr.engine.profiler_hook")
-    records = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    logger.addHandler(handler)
-    level = logger.level
-    logger.setLevel(logging.INFO)
-    try:
+    with log_records("neo_rtdetr.engine.profiler_hook") as records:
         do_train(_cfg(out, cache, overrides))
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
     return [r.getMessage() for r in records]
 
 

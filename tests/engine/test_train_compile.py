@@ -8,7 +8,6 @@ AOTAutograd trace the forward and backward graphs as on the GPU, without inducto
 tests/engine/test_compile.py)."""
 
 import json
-import logging
 import math
 import os
 
@@ -27,6 +26,7 @@ from neo_rtdetr.modeling.criterion.rtdetr_criterion import RTDETRCriterion
 from neo_rtdetr.modeling.decoder.rtdetr_decoder import RTDETRTransformer
 
 from ..conftest import small_spec
+from ..log_records import log_records
 from ..modeling.test_rtdetr import make_inputs
 
 MAX_ITER = 5
@@ -71,21 +71,11 @@ def compiled_run(synthetic_cache, tmp_path_factory):
         "train.ema.warmups=0", "optimizer.lr=1e-3",
     ])
     keep = _Keep()
-    logger = logging.getLogger("neo_rtdetr")
-    records = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    logger.addHandler(handler)
-    level = logger.level
-    logger.setLevel(logging.INFO)
     torch._dynamo.reset()
     counters.clear()
-    try:
+    with log_records("neo_rtdetr") as records:
         do_train(cfg, extra_hooks=[keep])
         stats = dict(counters["stats"])
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
     return cfg, out, keep, stats, [r.getMessage() for r in records]
 
 
