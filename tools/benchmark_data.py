@@ -31,6 +31,8 @@ def parse_args(argv=None):
     p.add_argument("--batches", type=int, default=40)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--target-img-per-s", type=float, default=None)
+    p.add_argument("--sharing-strategy", default=None, choices=["file_descriptor", "file_system"],
+                   help="torch.multiprocessing's way of passing tensors from the workers (default: torch's own)")
     p.add_argument("--output", default="benchmark_data.json")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides key=value")
     return p.parse_args(argv)
@@ -38,6 +40,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    import torch.multiprocessing
+
     from detectron2.config import LazyConfig, instantiate
 
     from neo_rtdetr.config.overrides import apply_overrides_strict
@@ -46,6 +50,8 @@ def main(argv=None) -> int:
     cfg = LazyConfig.load(args.config_file)
     cfg = apply_overrides_strict(cfg, args.opts)
     register_datasets_from_config(cfg.dataloader.get("datasets"))
+    if args.sharing_strategy:
+        torch.multiprocessing.set_sharing_strategy(args.sharing_strategy)
     rows = []
     for workers in [int(w) for w in args.workers.split(",")]:
         cfg.dataloader.train.num_workers = workers
@@ -71,6 +77,7 @@ def main(argv=None) -> int:
               f"per batch{verdict}", flush=True)
         del it, loader
     result = {"config": args.config_file, "cpus": os.cpu_count(), "rows": rows,
+              "sharing_strategy": torch.multiprocessing.get_sharing_strategy(),
               "batch_size": int(cfg.dataloader.train.total_batch_size)}
     with open(args.output, "w") as f:
         json.dump(result, f, indent=1)
