@@ -36,8 +36,10 @@ class TrainingProfiler(HookBase):
     * ``profile_iter<a>-<b>_trace.json.gz`` (``trace=True``): the Chrome / Perfetto trace.
 
     Register it last: its ``before_step`` then runs right before the step and its ``after_step`` after the other
-    hooks', so the window holds whole iterations (hooks included). If training stops inside the window, what
-    was recorded is written in ``after_train``.
+    hooks', so the window holds the steps and the other hooks' ``after_step`` (their ``before_step`` of the first
+    iteration is outside). An evaluation or checkpoint that falls in the window is counted in its step: choose a
+    window without one. A window past the last iteration ends with it. If training stops inside the window with an
+    exception, what was recorded is written in ``after_train``.
     """
 
     def __init__(self, *, start_iter: int, iters: int = 3, output_dir: str, trace: bool = True):
@@ -95,22 +97,27 @@ class TrainingProfiler(HookBase):
         if self._prof is None:
             return
         self._last_done = self.trainer.iter
-        if self.trainer.iter >= self.start_iter + self.iters - 1:
+        # a window past the end closes with the last iteration (not in after_train: the final evaluation and
+        # checkpoint run in the other hooks' after_train first)
+        if self.trainer.iter >= min(self.start_iter + self.iters, self.trainer.max_iter) - 1:
             self._finish(self.trainer.iter)
 
     def after_train(self) -> None:
-        # stopped inside the window (the end of training, or an exception: its partial iteration is in the profile
-        # too, the name counts the finished ones)
+        # still open: training stopped inside the window with an exception (its partial iteration is in the profile
+        # too, the name counts the finished ones). Writing what was recorded must not replace that exception.
         if self._prof is not None:
-            self._finish(self._last_done if self._last_done is not None else self.start_iter)
+            try:
+                self._finish(self._last_done if self._last_done is not None else self.start_iter)
+            except Exception:
+                logger.exception("TrainingProfiler: could not write the profile of the interrupted window")
 
     def _finish(self, last_iter: int) -> None:
         prof, self._prof = self._prof, None
         try:
             self._sync()
             wall, cpu = time.perf_counter() - self._t0, time.process_time() - self._cpu0
+        finally:  # the profiler is stopped and the hooks are removed whatever happens
             prof.__exit__(None, None, None)
-        finally:
             for h in self._handles:
                 h.remove()
             self._handles = []

@@ -7,6 +7,8 @@ import os
 import re
 
 import pytest
+import torch
+from detectron2.engine import HookBase
 
 from neo_rtdetr.engine.profiler_hook import TrainingProfiler
 from neo_rtdetr.engine.train_net import do_train
@@ -53,11 +55,29 @@ def test_profiles_the_asked_iterations_of_a_training_run(synthetic_cache, tmp_pa
 def test_a_window_past_the_end_writes_what_was_recorded(synthetic_cache, tmp_path):
     messages = _run(str(tmp_path), synthetic_cache, [
         "train.max_iter=4", "train.profile.enabled=True", "train.profile.start_iter=3", "train.profile.iters=5",
-        "train.profile.trace=False"])
+        "train.profile.trace=False",
+        "train.ema.enabled=False"])  # (the final evaluation then runs the trained model, whose parts are marked)
     assert any("the profile will be shorter" in m for m in messages), messages
     assert os.listdir(tmp_path / "profile") == ["profile_iter3-3.txt"]  # the last iteration only, no trace
     text = (tmp_path / "profile" / "profile_iter3-3.txt").read_text()
-    assert _calls_per_step(text, "forward")[1] == 1
+    # closed with that iteration, before the final evaluation (which would add backbone calls of its own)
+    for name in ("forward", "backbone", "decoder"):
+        assert _calls_per_step(text, name)[1] == 1, name
+
+
+def test_a_crash_inside_the_window_keeps_its_exception_and_writes_the_profile(synthetic_cache, tmp_path):
+    class _Boom(HookBase):
+        def after_step(self):
+            if self.trainer.iter == 2:
+                raise RuntimeError("boom at 2")
+
+    with pytest.raises(RuntimeError, match="boom at 2"):
+        do_train(_cfg(str(tmp_path), synthetic_cache, [
+            "train.max_iter=6", "train.profile.enabled=True", "train.profile.start_iter=1", "train.profile.iters=4",
+            "train.profile.trace=False"]), extra_hooks=[_Boom()])
+    # iteration 1 finished, iteration 2 did not: the profile is written and the profiler is off again
+    assert os.listdir(tmp_path / "profile") == ["profile_iter1-1.txt"]
+    assert not torch.autograd.profiler._is_profiler_enabled
 
 
 def test_profiling_off_adds_no_hook_and_no_files(synthetic_cache, tmp_path):
