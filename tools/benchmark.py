@@ -16,8 +16,9 @@ Rows:
   with ``mode="reduce-overhead"``: the static-shape parts replayed as CUDA graphs). ``trainer`` and
   ``trainer_compile_graphs``: ``default`` and ``compile_graphs`` stepped as a training run steps them, by
   :class:`~neo_rtdetr.engine.trainer.RTDETRTrainer` with the per-step seeding and EMA hooks, on host (pinned) batches
-  as the data loader gives them, four of them in turn with other box counts; no data loader (no worker processes):
-  the difference to the bare step is the trainer's own cost.
+  as the data loader gives them, four of them in turn with other box counts; no data loader (no worker processes).
+  The difference to the bare step (one batch whose images are already on the GPU) is the trainer's own cost plus
+  the images' host-to-GPU copy and the changing box counts.
 * ``eager`` inference: ``model(list[dict])`` (Detectron2 contract, uint8 images in, Instances out), bf16 autocast
   or fp32. ``fast``: :class:`~neo_rtdetr.engine.fast_inference.FastInference` (deployed bf16/fp32 copy,
   channels-last, CUDA graphs), same contract. ``fast net``: its network + top-k on a normalised float batch (what
@@ -169,7 +170,7 @@ class _TrainerStep:
     ``after_step`` (per-step seeding, EMA), over host batches in turn; inside an EventStorage (the trainer's metrics).
     """
 
-    def __init__(self, model, optimizer, ema, batches, precision, amp):
+    def __init__(self, model, optimizer, ema, batches, precision, amp, cuda_graphs):
         import itertools
 
         from detectron2.utils.events import EventStorage
@@ -178,6 +179,8 @@ class _TrainerStep:
         from neo_rtdetr.engine.step_seed import StepSeedHook
         from neo_rtdetr.engine.trainer import RTDETRTrainer
 
+        if cuda_graphs:  # as train_net does: the trainer marks CUDA-graph-tree steps once this module is loaded
+            import torch._inductor.cudagraph_trees  # noqa: F401
         self.trainer = RTDETRTrainer(model, itertools.cycle(batches), optimizer, precision=precision, amp=amp,
                                      clip_grad_max_norm=0.1)
         self.trainer.register_hooks([StepSeedHook(0), EMAHook(ema)])
@@ -235,7 +238,7 @@ def bench_train(args, cfg_model, device, record):
                 if via_trainer:
                     host = torch.device("cpu")
                     batches = [_inputs(args.train_batch, h, w, model.num_classes, host, True, seed=s) for s in range(4)]
-                    stepper = _TrainerStep(model, opt, ema, batches, prec, amp)
+                    stepper = _TrainerStep(model, opt, ema, batches, prec, amp, cuda_graphs=base == "compile_graphs")
 
                 def train_step():
                     if stepper is not None:
@@ -274,7 +277,8 @@ def bench_train(args, cfg_model, device, record):
                 finally:
                     if stepper is not None:
                         stepper.close()
-        del model, opt, ema
+                        stepper = None  # (the trainer holds the model: let it go with the variant)
+        del model, opt, ema, params, batch
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
