@@ -51,12 +51,14 @@ if want data; then
   timeout 150 python3 tools/benchmark_data.py --config-file configs/rtdetr_r50_synthetic640_h100.py \
     --workers 4,8,12,16 --batches 20 --warmup 3 --output "$OUT/data.json" dataloader.datasets.0.num_train=256 \
     > "$OUT/data.log" 2>&1
+  echo "sharing strategy file_system (tensors passed as shared-memory files):" >> "$OUT/data.log"
   timeout 60 python3 tools/benchmark_data.py --config-file configs/rtdetr_r50_synthetic640_h100.py \
     --workers 12 --batches 20 --warmup 3 --sharing-strategy file_system --output "$OUT/data_file_system.json" \
     dataloader.datasets.0.num_train=256 >> "$OUT/data.log" 2>&1
-  grep -E "^workers" "$OUT/data.log"; step data "(the last row: tensors passed as shared-memory files)"
+  grep -E "^workers|^sharing" "$OUT/data.log"; step data
 fi
 if want e2e; then
+  rm -rf /tmp/r18  # (metrics.json is appended to)
   timeout 240 python3 tools/lazyconfig_train_net.py --config-file configs/rtdetr_r18_synthetic_h100.py \
     train.output_dir=/tmp/r18 train.log_period=50 > "$OUT/r18.log" 2>&1
   cp /tmp/r18/metrics.json "$OUT/r18_metrics.json" 2>/dev/null; step r18 end to end
@@ -65,6 +67,7 @@ if want e2e; then
   grep -A6 "^accuracy" "$OUT/accuracy.log"; step accuracy
 fi
 if want compiled; then
+  rm -f "$OUT/bench_compiled_profile.txt"  # (appended to)
   timeout 540 python3 tools/benchmark.py --skip-infer --sizes 640x640 --train-precisions bf16 --iters 30 --warmup 5 \
     --train-variants compile_graphs,trainer_compile_graphs,default,trainer --profile-train "$OUT/bench_compiled_profile.txt" \
     --output "$OUT/bench_compiled.json" > "$OUT/bench_compiled.log" 2>&1
@@ -74,16 +77,18 @@ if want train; then
   # fixed 640 (one compiled size), only the final checkpoint, evaluation only at the end; TRAIN_CONFIG and
   # TRAIN_EXTRA (more overrides) choose another model or settings, TRAIN_BATCH the batch (16)
   batch="${TRAIN_BATCH:-16}"
+  read -ra extra <<< "${TRAIN_EXTRA:-}"  # (split on spaces, no filename expansion)
   fixed=(+dataloader.datasets.0.num_train=512 dataloader.train.total_batch_size="$batch"
          dataloader.train.multi_scale=null train.eval_period_epochs=0
-         train.checkpoint_period_epochs=0 train.log_period=20 train.profile.enabled=True ${TRAIN_EXTRA:-})
+         train.checkpoint_period_epochs=0 train.log_period=20 train.profile.enabled=True ${extra[@]+"${extra[@]}"})
   for run in "compiled 400 400 train.compile.enabled=True train.profile.start_iter=300" \
              "eager 150 200 train.compile.enabled=False train.profile.start_iter=150"; do
     set -- $run
-    timeout -s INT "$2" python3 tools/lazyconfig_train_net.py \
+    rm -rf "/tmp/train_$1"
+    timeout -k 30 -s INT "$2" python3 tools/lazyconfig_train_net.py \
       --config-file "${TRAIN_CONFIG:-configs/rtdetr_r50_synthetic640_h100.py}" train.max_iter="$3" "$4" "$5" \
       train.output_dir="/tmp/train_$1" "${fixed[@]}" > "$OUT/train_$1.log" 2>&1
-    cp "/tmp/train_$1/metrics.json" "$OUT/train_$1_metrics.json"
+    cp "/tmp/train_$1/metrics.json" "$OUT/train_$1_metrics.json" 2>/dev/null
     for f in /tmp/train_$1/profile/*; do [ -f "$f" ] && cp "$f" "$OUT/train_$1_$(basename "$f")"; done
     python3 - "$OUT/train_$1_metrics.json" "$1" "$batch" <<'PY'
 import json, sys
