@@ -80,11 +80,6 @@ def test_a_crash_inside_the_window_keeps_its_exception_and_writes_the_profile(sy
     assert not torch.autograd.profiler._is_profiler_enabled
 
 
-def test_profiling_off_adds_no_hook_and_no_files(synthetic_cache, tmp_path):
-    _run(str(tmp_path), synthetic_cache, ["train.max_iter=2"])
-    assert not (tmp_path / "profile").exists()
-
-
 @pytest.mark.parametrize("start, iters", [(-1, 3), (0, 0)])
 def test_bad_windows_are_refused(start, iters, tmp_path):
     with pytest.raises(ValueError, match="start_iter must be >= 0 and iters >= 1"):

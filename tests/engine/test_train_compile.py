@@ -101,6 +101,7 @@ def test_enabled_compile_trains_the_compiled_model_and_writes_a_checkpoint(compi
     assert [r["iteration"] for r in train_rows] == list(range(MAX_ITER))  # no step skipped
     assert all(math.isfinite(v) for r in train_rows for k, v in r.items() if k.startswith("loss_") or k == "total_loss")
     assert os.path.isfile(os.path.join(out, "model_final.pth"))
+    assert not os.path.exists(os.path.join(out, "profile"))  # train.profile is off by default: no profiler files
     saved = torch.load(os.path.join(out, "model_final.pth"), map_location="cpu", weights_only=False)
     assert saved["model"].keys() == model.state_dict().keys()  # compiling kept the state-dict keys
 
