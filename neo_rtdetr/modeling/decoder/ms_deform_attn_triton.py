@@ -182,17 +182,22 @@ def _level_args(shapes: Sequence[int]) -> List[int]:
     return args
 
 
+def launch_meta(head_dim: int) -> Tuple[int, int]:
+    """(BLOCK_Q, num_warps) of both kernels for a head dim (also read by tools/triton_kernel_report.py)."""
+    return (32, 4) if head_dim <= 64 else (16, 8)
+
+
 def _launch(kernel, value: Tensor, shapes: List[int], sampling_locations: Tensor, *tensors: Tensor) -> None:
     """Run ``kernel`` (forward or backward) over query blocks x (batch x heads); ``tensors`` are its pointer
     arguments after the value (contiguous), then come the sizes and the compile-time constants."""
     bs, num_values, num_heads, head_dim = value.shape
     _, num_queries, _, num_levels, num_points, _ = sampling_locations.shape
-    block_q = 32 if head_dim <= 64 else 16
+    block_q, num_warps = launch_meta(head_dim)
     grid = (triton.cdiv(num_queries, block_q), bs * num_heads)
     kernel[grid](
         value, *tensors, num_values, num_queries, *_level_args(shapes),
         NUM_HEADS=num_heads, NUM_LEVELS=num_levels, NUM_POINTS=num_points, HEAD_DIM=head_dim,
-        BLOCK_Q=block_q, num_warps=4 if head_dim <= 64 else 8,
+        BLOCK_Q=block_q, num_warps=num_warps,
     )
 
 
