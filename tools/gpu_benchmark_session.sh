@@ -13,6 +13,7 @@
 #   e2e       an R18 end-to-end run on synthetic data, then the fast paths' accuracy on its checkpoint
 #   compiled  the compiled training step (compile_graphs) and eager at 640, each bare and stepped by the trainer
 #             with its hooks (trainer_*: the trainer's own cost), each profiled (~8 min)
+#   msda      the Triton deformable-attention op per launch configuration vs grid_sample, R50 decoder shapes (~1 min)
 #   train     R50 640 training runs with the real data loader (synthetic COCO-sized JPEGs, fixed size 640):
 #             train.compile then eager, each with train.profile over 3 iterations; step and data time (~8 min)
 #
@@ -30,7 +31,7 @@ if [ -d .whl ] && ! python3 -c "import detectron2, fvcore, omegaconf, pycocotool
   export PYTHONPATH="$PWD:/tmp/site"
 fi
 start=$(date +%s); step() { echo "[$(( $(date +%s) - start )) s] $*"; }
-PARTS="${PARTS:-tests bench data e2e compiled train}"; want() { case " $PARTS " in *" $1 "*) return 0;; esac; return 1; }
+PARTS="${PARTS:-tests bench data e2e compiled train msda}"; want() { case " $PARTS " in *" $1 "*) return 0;; esac; return 1; }
 
 if want tests; then
   timeout 540 python3 -m pytest -q -m gpu tests/gpu -p no:cacheprovider > "$OUT/gpu_tests.log" 2>&1
@@ -72,6 +73,10 @@ if want compiled; then
     --train-variants compile_graphs,trainer_compile_graphs,default,trainer --profile-train "$OUT/bench_compiled_profile.txt" \
     --output "$OUT/bench_compiled.json" > "$OUT/bench_compiled.log" 2>&1
   grep -E "img/s|compilation" "$OUT/bench_compiled.log"; step compiled train step
+fi
+if want msda; then
+  timeout 240 python3 tools/benchmark_msda.py --output "$OUT/msda.json" > "$OUT/msda.log" 2>&1
+  cat "$OUT/msda.log"; step msda
 fi
 if want train; then
   # fixed 640 (one compiled size), only the final checkpoint, evaluation only at the end; TRAIN_CONFIG and
