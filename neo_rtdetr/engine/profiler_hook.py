@@ -15,7 +15,7 @@ import torch
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
-from neo_rtdetr.utils.profiling import phase_markers, step_summary_lines
+from neo_rtdetr.utils.profiling import device_kernel_ms, phase_markers, step_summary_lines
 
 from .ema import unwrap_model
 
@@ -124,7 +124,7 @@ class TrainingProfiler(HookBase):
         steps = max(1, last_iter - self.start_iter + 1)
         averages = prof.key_averages()
         summary = step_summary_lines(averages, steps, cuda=self._cuda)
-        device_ms = float(summary[-1].split()[-1])
+        device_ms = device_kernel_ms(averages, steps) if self._cuda else float("nan")
         wall_ms = wall / steps * 1e3
         busy = f" ({100 * device_ms / wall_ms:.0f}% of the wall time)" if self._cuda else ""
         rank = comm.get_rank() if comm.get_world_size() > 1 else None
@@ -153,8 +153,23 @@ class TrainingProfiler(HookBase):
 
 
 def build_profiler_hook(profile_cfg, output_dir: str) -> Optional[TrainingProfiler]:
-    """The hook for ``train.profile`` (``None`` when it is off or missing)."""
-    if not profile_cfg or not profile_cfg.get("enabled", False):
+    """The hook for ``train.profile`` (``None`` when it is off or missing).
+
+    Raises:
+        ValueError: ``enabled`` or ``trace`` not a bool, ``start_iter`` / ``iters`` not ints (>= 0 / >= 1); the
+            message names the key.
+    """
+    if not profile_cfg:
         return None
-    return TrainingProfiler(start_iter=profile_cfg.get("start_iter", 100), iters=profile_cfg.get("iters", 3),
-                            output_dir=os.path.join(output_dir, "profile"), trace=profile_cfg.get("trace", True))
+    enabled, trace = profile_cfg.get("enabled", False), profile_cfg.get("trace", True)
+    for key, value in (("enabled", enabled), ("trace", trace)):
+        if not isinstance(value, bool):
+            raise ValueError(f"train.profile.{key} must be True or False, got {value!r}")
+    if not enabled:
+        return None
+    start_iter, iters = profile_cfg.get("start_iter", 100), profile_cfg.get("iters", 3)
+    for key, value, low in (("start_iter", start_iter, 0), ("iters", iters, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"train.profile.{key} must be an int >= {low}, got {value!r}")
+    return TrainingProfiler(start_iter=start_iter, iters=iters, output_dir=os.path.join(output_dir, "profile"),
+                            trace=trace)

@@ -253,7 +253,7 @@ def do_train(cfg, *, resume: bool = False, extra_hooks: Sequence[HookBase] = ())
 
     A multi-process ``train.sync_bn`` run that would not be on CUDA is refused first
     (:func:`check_sync_bn_device`), before anything is built, and so is an invalid ``train.compile``
-    (:func:`compile_settings`).
+    (:func:`compile_settings`) or ``train.profile``.
 
     With ``train.compile.enabled`` the model's backbone, encoder, decoder and criterion are compiled
     (:func:`~neo_rtdetr.engine.compile.compile_model`) after the EMA copy is made and before the DDP wrapper: the
@@ -271,6 +271,7 @@ def do_train(cfg, *, resume: bool = False, extra_hooks: Sequence[HookBase] = ())
     """
     check_sync_bn_device(cfg)  # from the config alone, before anything is built
     compile_opts = compile_settings(cfg)
+    profiler = build_profiler_hook(cfg.train.get("profile"), cfg.train.output_dir)
     model = build_model(cfg)
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
@@ -332,7 +333,7 @@ def do_train(cfg, *, resume: bool = False, extra_hooks: Sequence[HookBase] = ())
             hooks.PeriodicWriter(default_writers(cfg.train.output_dir, schedule.max_iter), period=cfg.train.log_period)
             if comm.is_main_process() else None,
             *extra_hooks,
-            build_profiler_hook(cfg.train.get("profile"), cfg.train.output_dir),  # last: it covers whole iterations
+            profiler,  # last: it covers whole iterations
         ]
     )
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)

@@ -11,7 +11,7 @@ from typing import Iterable, List
 import torch
 from torch import nn
 
-__all__ = ["PHASE_PREFIX", "phase", "phase_markers", "step_summary_lines"]
+__all__ = ["PHASE_PREFIX", "phase", "phase_markers", "device_kernel_ms", "step_summary_lines"]
 
 PHASE_PREFIX = "## "
 
@@ -56,6 +56,14 @@ def phase_markers(model: nn.Module, names: Iterable[str] = ("backbone", "encoder
     return handles
 
 
+def device_kernel_ms(averages, steps: int) -> float:
+    """Per-step sum of the device's kernel (and memcpy/memset) time in a profile of ``steps`` steps (``0.0`` when no
+    device activity was recorded). The device-side spans of the phase ranges are left out: they cover gaps and
+    overlap kernels."""
+    return sum(e.self_device_time_total for e in averages
+               if e.device_type.name == "CUDA" and not e.key.startswith(PHASE_PREFIX)) / steps / 1e3
+
+
 def step_summary_lines(averages, steps: int, *, cuda: bool) -> List[str]:
     """Per-step means of a profile of ``steps`` steps: host time of each phase range, kernel launches and host
     waits, and the device's kernel time.
@@ -66,8 +74,8 @@ def step_summary_lines(averages, steps: int, *, cuda: bool) -> List[str]:
         cuda: whether device activity was recorded.
 
     Returns:
-        text lines (a table: name, host ms per step, calls per step); the last is the sum of the device's kernel
-        (and memcpy/memset) time per step, ``nan`` without CUDA.
+        text lines (a table: name, host ms per step, calls per step); the last is :func:`device_kernel_ms`
+        (``nan`` without CUDA).
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -76,9 +84,6 @@ def step_summary_lines(averages, steps: int, *, cuda: bool) -> List[str]:
         # the "## " ranges also appear as device-side spans (device_type CUDA): host rows only here
         if evt.device_type.name == "CPU" and (evt.key.startswith(PHASE_PREFIX) or evt.key in _HOST_ROWS):
             lines.append(f"{evt.key:<32}{evt.cpu_time_total / steps / 1e3:>10.2f}{evt.count / steps:>8.0f}")
-    # kernel time only: the device-side spans of the "## " ranges cover gaps and overlap kernels
-    device_ms = (sum(e.self_device_time_total for e in averages
-                     if e.device_type.name == "CUDA" and not e.key.startswith(PHASE_PREFIX)) / steps / 1e3
-                 if cuda else float("nan"))
+    device_ms = device_kernel_ms(averages, steps) if cuda else float("nan")
     lines.append(f"{'device (sum of kernels)':<32}{device_ms:>10.2f}")
     return lines

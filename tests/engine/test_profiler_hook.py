@@ -11,6 +11,7 @@ import torch
 from detectron2.engine import HookBase
 
 from neo_rtdetr.engine.profiler_hook import TrainingProfiler
+import neo_rtdetr.engine.train_net as train_net
 from neo_rtdetr.engine.train_net import do_train
 
 from ..log_records import log_records
@@ -80,7 +81,19 @@ def test_a_crash_inside_the_window_keeps_its_exception_and_writes_the_profile(sy
     assert not torch.autograd.profiler._is_profiler_enabled
 
 
-@pytest.mark.parametrize("start, iters", [(-1, 3), (0, 0)])
-def test_bad_windows_are_refused(start, iters, tmp_path):
+@pytest.mark.parametrize("override, key", [
+    ("train.profile.start_iter=-1", "start_iter"), ("train.profile.iters=0", "iters"),
+    ("train.profile.iters=2.5", "iters"), ("train.profile.trace=yes", "trace"), ("train.profile.enabled=1", "enabled"),
+])
+def test_bad_settings_are_refused_before_anything_is_built(override, key, tmp_path, monkeypatch):
+    def build_model(_cfg):
+        raise AssertionError("the model was built before train.profile was checked")
+
+    monkeypatch.setattr(train_net, "build_model", build_model)
+    with pytest.raises(ValueError, match=rf"train\.profile\.{key} must be"):
+        do_train(_cfg(str(tmp_path), None, ["train.profile.enabled=True", override]))
+
+
+def test_the_hook_refuses_a_bad_window(tmp_path):
     with pytest.raises(ValueError, match="start_iter must be >= 0 and iters >= 1"):
-        TrainingProfiler(start_iter=start, iters=iters, output_dir=str(tmp_path))
+        TrainingProfiler(start_iter=0, iters=0, output_dir=str(tmp_path))
