@@ -170,7 +170,7 @@ class _TrainerStep:
     ``after_step`` (per-step seeding, EMA), over host batches in turn; inside an EventStorage (the trainer's metrics).
     """
 
-    def __init__(self, model, optimizer, ema, batches, precision, amp, cuda_graphs):
+    def __init__(self, model, optimizer, ema, batches, precision, amp):
         import itertools
 
         from detectron2.utils.events import EventStorage
@@ -179,8 +179,6 @@ class _TrainerStep:
         from neo_rtdetr.engine.step_seed import StepSeedHook
         from neo_rtdetr.engine.trainer import RTDETRTrainer
 
-        if cuda_graphs:  # as train_net does: the trainer marks CUDA-graph-tree steps once this module is loaded
-            import torch._inductor.cudagraph_trees  # noqa: F401
         self.trainer = RTDETRTrainer(model, itertools.cycle(batches), optimizer, precision=precision, amp=amp,
                                      clip_grad_max_norm=0.1)
         self.trainer.register_hooks([StepSeedHook(0), EMAHook(ema)])
@@ -203,6 +201,8 @@ class _TrainerStep:
 
 def bench_train(args, cfg_model, device, record):
     import torch
+
+    from neo_rtdetr.utils.profiling import phase
 
     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
     variants = args.train_variants.split(",")
@@ -238,7 +238,7 @@ def bench_train(args, cfg_model, device, record):
                 if via_trainer:
                     host = torch.device("cpu")
                     batches = [_inputs(args.train_batch, h, w, model.num_classes, host, True, seed=s) for s in range(4)]
-                    stepper = _TrainerStep(model, opt, ema, batches, prec, amp, cuda_graphs=base == "compile_graphs")
+                    stepper = _TrainerStep(model, opt, ema, batches, prec, amp)
 
                 def train_step():
                     if stepper is not None:
@@ -248,9 +248,9 @@ def bench_train(args, cfg_model, device, record):
                         losses = model(batch)
                     loss = torch.stack(list(losses.values())).sum()
                     opt.zero_grad(set_to_none=True)
-                    with torch.profiler.record_function("## backward"):
+                    with phase("backward"):
                         loss.backward()
-                    with torch.profiler.record_function("## clip + optimizer"):
+                    with phase("clip + optimizer"):
                         torch.nn.utils.clip_grad_norm_(params, 0.1)
                         opt.step()
 

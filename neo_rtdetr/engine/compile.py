@@ -16,6 +16,7 @@ decoder's and criterion's compile settings are copied). Training (``train.compil
 EMA copy is made: the EMA stays eager.
 """
 
+import importlib
 import logging
 from typing import List, Optional
 
@@ -27,6 +28,9 @@ from .ema import unwrap_model
 __all__ = ["compile_model"]
 
 logger = logging.getLogger(__name__)
+
+#: ``torch.compile`` modes that record CUDA graphs (inductor's cudagraph trees)
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 #: graphs kept per compiled function: one per input size (the official multi-scale list has 11 distinct sizes)
 MIN_CACHE_SIZE_LIMIT = 32
@@ -64,6 +68,10 @@ def compile_model(
                     cache.cache_size_limit, MIN_CACHE_SIZE_LIMIT)
         cache.cache_size_limit = MIN_CACHE_SIZE_LIMIT
     options = {"backend": backend} if mode is None else {"backend": backend, "mode": mode}
+    if mode in CUDA_GRAPH_MODES:
+        # loaded now, so that RTDETRTrainer marks every step as a new CUDA-graph-tree iteration from the first one on
+        # (it marks steps only once this module is loaded: importing it costs seconds)
+        importlib.import_module("torch._inductor.cudagraph_trees")
     done = []
     if backbone:
         model.backbone.compile(dynamic=False, **options)

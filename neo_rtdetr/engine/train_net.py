@@ -21,7 +21,7 @@ from detectron2.utils import comm
 
 from neo_rtdetr.checkpoint.checkpointer import RTDETRCheckpointer
 from neo_rtdetr.data.catalog import register_datasets_from_config
-from neo_rtdetr.engine.compile import compile_model
+from neo_rtdetr.engine.compile import CUDA_GRAPH_MODES, compile_model
 from neo_rtdetr.engine.ema import EMAHook, ModelEMA, unwrap_model
 from neo_rtdetr.engine.loss_trace import LOSS_TRACE_FILE, LossTraceWriter
 from neo_rtdetr.engine.preflight import check_evaluation_data, check_training_data
@@ -94,7 +94,6 @@ def check_sync_bn_device(cfg) -> None:
 
 #: ``train.compile.mode`` values (``torch.compile`` modes); the ones that record CUDA graphs need CUDA
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")
-CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
 def compile_settings(cfg) -> Optional[Dict]:
@@ -287,9 +286,6 @@ def do_train(cfg, *, resume: bool = False, extra_hooks: Sequence[HookBase] = ())
     ema = ModelEMA(model, decay=cfg.train.ema.decay, warmups=cfg.train.ema.warmups) if cfg.train.ema.enabled else None
     if compile_opts is not None:  # after the EMA copy (it stays eager), before DDP
         compiled = compile_model(model, decoder=True, criterion=True, **compile_opts)
-        if compile_opts["mode"] in CUDA_GRAPH_MODES:
-            # loaded now, the trainer marks every step as a new CUDA-graph-tree iteration from the first one on
-            import torch._inductor.cudagraph_trees  # noqa: F401
         logger.info(
             "train.compile: %s compiled (mode=%s, backend=%s); the first step at every new input size compiles%s",
             ", ".join(compiled), compile_opts["mode"], compile_opts["backend"],

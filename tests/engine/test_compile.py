@@ -6,7 +6,9 @@ without inductor's code generation (minutes for the CPU on this model). Inductor
 (tests/gpu) and the speed by tools/benchmark.py (train variant ``compile_all``)."""
 
 import copy
+import sys
 
+import pytest
 import torch
 from torch._dynamo.utils import counters
 
@@ -52,3 +54,12 @@ def test_compiled_training_equals_eager_and_copies_stay_independent():
     for a, b, c in zip(before, after, changed):
         assert torch.equal(a["instances"].scores, b["instances"].scores)
         assert not torch.allclose(a["instances"].scores, c["instances"].scores)
+
+
+@pytest.mark.parametrize("mode, loaded", [("reduce-overhead", True), ("max-autotune", True), (None, False)])
+def test_cuda_graph_modes_load_the_cudagraph_trees_for_the_trainer(mode, loaded, monkeypatch):
+    """RTDETRTrainer marks CUDA-graph steps only once torch._inductor.cudagraph_trees is loaded: compiling in a mode
+    that records CUDA graphs loads it (compilation itself is lazy, so this runs on the CPU)."""
+    monkeypatch.delitem(sys.modules, "torch._inductor.cudagraph_trees", raising=False)
+    compile_model(tiny_model(), mode=mode)
+    assert ("torch._inductor.cudagraph_trees" in sys.modules) is loaded
