@@ -14,16 +14,16 @@ from torch._dynamo.utils import counters
 
 from neo_rtdetr.engine.compile import compile_model
 
-from ..modeling.hf_oracle import randomize
 from ..modeling.test_rtdetr import make_inputs, tiny_model
-from ..modeling.training_compare import assert_same_losses_and_gradients, loss_and_gradients
+from ..modeling.training_compare import (
+    assert_same_losses_and_gradients,
+    loss_and_gradients,
+    randomized_tiny_model,
+)
 
 
 def test_compiled_training_equals_eager_and_copies_stay_independent():
-    torch.manual_seed(0)
-    eager = tiny_model(num_classes=6)
-    randomize(eager, seed=1)
-    eager.train()
+    eager = randomized_tiny_model()
     compiled = copy.deepcopy(eager)
     assert compile_model(compiled, decoder=True, criterion=True, backend="aot_eager") == [
         "backbone", "encoder", "decoder", "criterion"

@@ -7,9 +7,8 @@ import torch
 
 from neo_rtdetr.modeling.decoder.denoising import get_contrastive_denoising_training_group
 
-from .hf_oracle import randomize
-from .training_compare import assert_same_losses_and_gradients, loss_and_gradients
-from .test_rtdetr import make_inputs, tiny_model
+from .training_compare import assert_same_losses_and_gradients, loss_and_gradients, randomized_tiny_model
+from .test_rtdetr import make_inputs
 
 
 def _targets(counts, num_classes=5, seed=0):
@@ -64,10 +63,7 @@ def test_pad_multiple_must_be_a_positive_int():
 
 def test_static_denoising_size_gives_the_same_losses_and_gradients():
     """The tiny model trained one step with and without the padding: same loss terms and gradients (fp32)."""
-    torch.manual_seed(0)
-    model = tiny_model(num_classes=6)
-    randomize(model, seed=1)
-    model.train()
+    model = randomized_tiny_model()
     padded = copy.deepcopy(model)
     padded.decoder.static_denoising_size = True
     batch = make_inputs([(96, 128), (96, 128), (96, 128)], [3, 1, 6])  # 6 boxes: 3 groups, 36 dn queries

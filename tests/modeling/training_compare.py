@@ -6,7 +6,19 @@ from typing import Dict, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["loss_and_gradients", "assert_same_losses_and_gradients"]
+__all__ = ["randomized_tiny_model", "loss_and_gradients", "assert_same_losses_and_gradients"]
+
+
+def randomized_tiny_model(num_classes: int = 6, seed: int = 1):
+    """The tiny model (6 classes by default) in training mode with random non-trivial weights and BN statistics
+    (``randomize``): the common starting point of two ways of computing a step."""
+    from .hf_oracle import randomize
+    from .test_rtdetr import tiny_model
+
+    torch.manual_seed(0)
+    model = tiny_model(num_classes=num_classes)
+    randomize(model, seed=seed)
+    return model.train()
 
 
 def loss_and_gradients(model, batch, seed: int) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
