@@ -60,8 +60,10 @@ def kernel_stats(kernel, pointer_types, constants, arch, num_warps):
             f.write(compiled.asm["cubin"])
         usage = subprocess.run([_tool("cuobjdump"), "-res-usage", cubin], capture_output=True, text=True, check=True)
         sass = subprocess.run([_tool("cuobjdump"), "-sass", cubin], capture_output=True, text=True, check=True)
-    registers = int(re.search(r"REG:(\d+)", usage.stdout).group(1))
-    stack = int(re.search(r"STACK:(\d+)", usage.stdout).group(1))
+    found = [re.search(rf"{key}:(\d+)", usage.stdout) for key in ("REG", "STACK")]
+    if not all(found):
+        raise RuntimeError(f"cuobjdump -res-usage gave no REG/STACK figures for {kernel.__name__}:\n{usage.stdout}")
+    registers, stack = (int(m.group(1)) for m in found)
     opcodes = collections.Counter()
     for line in sass.stdout.splitlines():
         m = re.match(r"\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]+)", line)
