@@ -80,15 +80,17 @@ if want msda; then
 fi
 if want train; then
   # fixed 640 (one compiled size), only the final checkpoint, evaluation only at the end; TRAIN_CONFIG and
-  # TRAIN_EXTRA (more overrides) choose another model or settings, TRAIN_BATCH the batch (16)
+  # TRAIN_EXTRA (more overrides, after the runs' own: e.g. train.max_iter) choose another model or settings,
+  # TRAIN_BATCH the batch (16), TRAIN_IMAGES the synthetic images generated (512, ~1 min), TRAIN_RUNS which runs
   batch="${TRAIN_BATCH:-16}"
   read -ra extra <<< "${TRAIN_EXTRA:-}"  # (split on spaces, no filename expansion)
-  fixed=(+dataloader.datasets.0.num_train=512 dataloader.train.total_batch_size="$batch"
+  fixed=(+dataloader.datasets.0.num_train="${TRAIN_IMAGES:-512}" dataloader.train.total_batch_size="$batch"
          dataloader.train.multi_scale=null train.eval_period_epochs=0
          train.checkpoint_period_epochs=0 train.log_period=20 train.profile.enabled=True ${extra[@]+"${extra[@]}"})
   for run in "compiled 400 400 train.compile.enabled=True train.profile.start_iter=300" \
              "eager 150 200 train.compile.enabled=False train.profile.start_iter=150"; do
     set -- $run
+    case " ${TRAIN_RUNS:-compiled eager} " in *" $1 "*) ;; *) continue;; esac
     rm -rf "/tmp/train_$1"
     timeout -k 30 -s INT "$2" python3 tools/lazyconfig_train_net.py \
       --config-file "${TRAIN_CONFIG:-configs/rtdetr_r50_synthetic640_h100.py}" train.max_iter="$3" "$4" "$5" \
@@ -98,7 +100,7 @@ if want train; then
     python3 - "$OUT/train_$1_metrics.json" "$1" "$batch" <<'PY'
 import json, sys
 try:
-    rows = [json.loads(line) for line in open(sys.argv[1]) if '"time"' in line]
+    rows = [r for r in map(json.loads, open(sys.argv[1])) if "time" in r and "data_time" in r]
 except OSError:
     rows = []
 late = rows[len(rows) // 2:]  # the second half: compiled and warmed up

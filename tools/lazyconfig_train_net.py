@@ -23,6 +23,7 @@ from detectron2.utils.logger import setup_logger
 
 from neo_rtdetr.checkpoint.checkpointer import RTDETRCheckpointer
 from neo_rtdetr.config import apply_overrides_strict
+from neo_rtdetr.engine.host_threads import apply_cpu_threads
 from neo_rtdetr.engine.train_net import build_model, do_test, do_train
 
 logger = logging.getLogger("neo_rtdetr")
@@ -37,6 +38,7 @@ def main(args):
     if args.eval_only:
         if not cfg.train.init_checkpoint:
             raise SystemExit("--eval-only needs train.init_checkpoint=PATH")
+        apply_cpu_threads(cfg)
         model = build_model(cfg)
         RTDETRCheckpointer(model).load_for_inference(cfg.train.init_checkpoint)
         model.eval()

@@ -11,6 +11,10 @@ train = dict(
     device="cuda",
     seed=0,
     cudnn_benchmark=False,
+    # intra-op CPU threads of each training process (neo_rtdetr/engine/host_threads.py). None: 1 on CUDA unless
+    # OMP_NUM_THREADS is set (the data loader's workers have the cores: with PyTorch's default of one per core, small
+    # host operators waited milliseconds for threads, run Q of docs/performance.md); PyTorch's default on the CPU
+    cpu_threads=None,
     amp=dict(enabled=True, precision="bf16"),  # "bf16" | "fp16" (GradScaler) | "fp32"; off on CPU
     clip_grad=dict(max_norm=0.1),  # global grad-norm clipping (None: off)
     max_consecutive_nonfinite=10,  # non-finite steps are skipped; stop after this many in a row

@@ -23,6 +23,7 @@ from neo_rtdetr.checkpoint.checkpointer import RTDETRCheckpointer
 from neo_rtdetr.data.catalog import register_datasets_from_config
 from neo_rtdetr.engine.compile import CUDA_GRAPH_MODES, compile_model
 from neo_rtdetr.engine.ema import EMAHook, ModelEMA, unwrap_model
+from neo_rtdetr.engine.host_threads import apply_cpu_threads
 from neo_rtdetr.engine.loss_trace import LOSS_TRACE_FILE, LossTraceWriter
 from neo_rtdetr.engine.preflight import check_evaluation_data, check_training_data
 from neo_rtdetr.engine.profiler_hook import build_profiler_hook
@@ -252,7 +253,8 @@ def do_train(cfg, *, resume: bool = False, extra_hooks: Sequence[HookBase] = ())
 
     A multi-process ``train.sync_bn`` run that would not be on CUDA is refused first
     (:func:`check_sync_bn_device`), before anything is built, and so is an invalid ``train.compile``
-    (:func:`compile_settings`) or ``train.profile``.
+    (:func:`compile_settings`) or ``train.profile``. The process's intra-op CPU threads are set from
+    ``train.cpu_threads`` (:func:`~neo_rtdetr.engine.host_threads.apply_cpu_threads`: 1 on CUDA by default).
 
     With ``train.compile.enabled`` the model's backbone, encoder, decoder and criterion are compiled
     (:func:`~neo_rtdetr.engine.compile.compile_model`) after the EMA copy is made and before the DDP wrapper: the
@@ -269,6 +271,7 @@ def do_train(cfg, *, resume: bool = False, extra_hooks: Sequence[HookBase] = ())
         extra_hooks: more hooks, run after the built-in ones (e.g. measurements).
     """
     check_sync_bn_device(cfg)  # from the config alone, before anything is built
+    apply_cpu_threads(cfg)
     compile_opts = compile_settings(cfg)
     profiler = build_profiler_hook(cfg.train.get("profile"), cfg.train.output_dir)
     model = build_model(cfg)

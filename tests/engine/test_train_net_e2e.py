@@ -79,7 +79,9 @@ def test_resume_continues_at_the_next_iteration(trained):
 
 def test_eval_only_prints_the_ap_table(trained):
     out, cache, env, _ = trained
-    log = _run(_common(out, cache) + [f"train.init_checkpoint={os.path.join(out, 'model_final.pth')}"], env, flags=["--eval-only"])
+    log = _run(_common(out, cache) + [f"train.init_checkpoint={os.path.join(out, 'model_final.pth')}",
+                                      "train.cpu_threads=1"], env, flags=["--eval-only"])
+    assert "intra-op CPU threads of this process: 1 (train.cpu_threads)" in log
     assert "Evaluate annotation type *bbox*" in log
     line = log.split("copypaste: AP,AP50,AP75,APs,APm,APl")[1].splitlines()[1]
     ap = float(line.split("copypaste: ")[1].split(",")[0])

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from ..layers.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
 from ...utils.host_to_device import to_device
+from ...utils.target_slots import target_slots
 
 __all__ = ["HungarianMatcher", "PaddedTargets", "PendingMatch"]
 
@@ -224,8 +225,7 @@ class PaddedTargets:
         boxes = torch.full((len(sizes), n_max, 4), 0.5, dtype=boxes_flat.dtype, device=device)
         if labels_flat.numel():
             # slot (image, j) of every box, built on the host from the sizes (no device sync)
-            image_idx = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
-            slot_idx = torch.cat([torch.arange(n) for n in sizes])
+            image_idx, slot_idx = target_slots(sizes)
             image_idx, slot_idx = to_device(torch.stack([image_idx, slot_idx]), device).unbind(0)
             labels[image_idx, slot_idx] = labels_flat
             boxes[image_idx, slot_idx] = boxes_flat

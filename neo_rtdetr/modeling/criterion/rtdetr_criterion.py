@@ -32,6 +32,7 @@ from ..layers.box_ops import box_cxcywh_to_xyxy, elementwise_box_iou, elementwis
 from ..layers.compiled_function import compiled_function
 from .matcher import PaddedTargets
 from ...utils.host_to_device import to_device
+from ...utils.target_slots import target_slots
 
 __all__ = ["RTDETRCriterion"]
 
@@ -297,8 +298,7 @@ class RTDETRCriterion(nn.Module):
     def _dn_pairs(dn_meta, sizes: List[int], num_sets: int, device: torch.device) -> Tensor:
         """[4, P] pairs of the fixed CDN assignment (positive dn query <-> gt tiled over the groups), every set."""
         group = int(dn_meta["dn_num_group"])
-        batch_idx = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes) * group)
-        slot_idx = torch.cat([torch.arange(n).repeat(group) for n in sizes])
+        batch_idx, slot_idx = target_slots(sizes, group)
         num_pairs = int(batch_idx.numel())
         host = to_device(torch.stack([batch_idx, slot_idx]), device)
         src_idx = to_device(torch.cat([p.reshape(-1) for p in dn_meta["dn_positive_idx"]]), device, torch.int64)

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from ..layers.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh, inverse_sigmoid
 from ...utils.host_to_device import to_device
+from ...utils.target_slots import target_slots
 
 __all__ = ["get_contrastive_denoising_training_group"]
 
@@ -105,8 +106,7 @@ def get_contrastive_denoising_training_group(
         query_box[..., :2] = 0.5
         query_box[..., 2:] = 0.1
     else:
-        image_idx = torch.repeat_interleave(torch.arange(bs), torch.tensor(num_gts))
-        slot_idx = torch.cat([torch.arange(n) for n in num_gts])
+        image_idx, slot_idx = target_slots(num_gts)
         image_idx, slot_idx = to_device(torch.stack([image_idx, slot_idx]), device).unbind(0)
         query_class[image_idx, slot_idx] = to_device(torch.cat([t["labels"] for t in targets]), device, torch.int32)
         query_box[image_idx, slot_idx] = to_device(torch.cat([t["boxes"] for t in targets]), device, _NOISE_DTYPE)
