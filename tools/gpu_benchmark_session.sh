@@ -90,7 +90,7 @@ if want train; then
   for run in "compiled 400 400 train.compile.enabled=True train.profile.start_iter=300" \
              "eager 150 200 train.compile.enabled=False train.profile.start_iter=150"; do
     set -- $run
-    case " ${TRAIN_RUNS:-compiled eager} " in *" $1 "*) ;; *) continue;; esac
+    case " ${TRAIN_RUNS:-compiled eager} " in *" $1 "*) ;; *) echo "train: skipping $1 (TRAIN_RUNS=$TRAIN_RUNS)"; continue;; esac
     rm -rf "/tmp/train_$1"
     timeout -k 30 -s INT "$2" python3 tools/lazyconfig_train_net.py \
       --config-file "${TRAIN_CONFIG:-configs/rtdetr_r50_synthetic640_h100.py}" train.max_iter="$3" "$4" "$5" \
@@ -100,9 +100,17 @@ if want train; then
     python3 - "$OUT/train_$1_metrics.json" "$1" "$batch" <<'PY'
 import json, sys
 try:
-    rows = [r for r in map(json.loads, open(sys.argv[1])) if "time" in r and "data_time" in r]
+    lines = open(sys.argv[1]).read().splitlines()
 except OSError:
-    rows = []
+    lines = []
+rows = []
+for line in lines:  # (the last line may be cut short: the runs end on a time limit)
+    try:
+        row = json.loads(line)
+    except ValueError:
+        continue
+    if "time" in row and "data_time" in row:
+        rows.append(row)
 late = rows[len(rows) // 2:]  # the second half: compiled and warmed up
 if late:
     t, d = (sum(r[k] for r in late) / len(late) for k in ("time", "data_time"))

@@ -5,11 +5,12 @@ small operators on its CPU (index tensors built from the batch's box counts, tar
 loader's worker processes decode and augment images on the same cores. Several of those small operators open a
 parallel region over every intra-op thread whatever their size (``repeat_interleave`` on the host, for one): with the
 workers keeping the cores busy, each region waits for threads that are not scheduled. Measured on an H200 with 16
-cores and 12 workers (docs/performance.md, run Q): seven such calls per R50 step took ~5 ms each, and the training
-process burnt 0.75-0.9 s of CPU per step (five cores' worth) while the GPU ran 44-53 ms of kernels. With one
-thread (run S) the compiled R50 step took 83.1 ms end to end instead of 117.9 ms, and the process 0.19 s of CPU.
+cores and 12 workers (docs/performance.md, run Q): the three host ``repeat_interleave`` calls of an R50 step took
+~6 ms each (self time), and the training process burnt 0.75-0.9 s of CPU per step (five cores' worth) while the GPU
+ran 44-53 ms of kernels. With one thread and those calls gone (run S, another call on the same kind of machine) the
+compiled R50 step took 83.1 ms end to end instead of 117.9 ms, and the process 0.19 s of CPU per step.
 
-One thread is what ``torchrun`` gives each process for the same reason (its ``OMP_NUM_THREADS=1`` default).
+``torchrun`` does the same when it starts several processes on a machine (``OMP_NUM_THREADS=1`` unless set).
 """
 
 import logging

@@ -25,7 +25,10 @@ def target_slots(sizes: Sequence[int], repeats: int = 1) -> Tuple[Tensor, Tensor
         ``(image_idx, slot_idx)``: host int64 tensors of length ``sum(sizes) * repeats``. For image ``b`` with
         ``n`` boxes the entries are ``b`` and ``0..n-1`` repeated ``repeats`` times, in that order.
     """
-    counts = np.asarray(sizes, dtype=np.int64).reshape(-1)
+    counts = np.asarray(sizes).reshape(-1)
+    if counts.size and counts.dtype.kind not in "iu":
+        raise ValueError(f"box counts must be integers, got {list(sizes)}")
+    counts = counts.astype(np.int64)
     if (counts < 0).any() or repeats < 1:
         raise ValueError(f"box counts must be >= 0 and repeats >= 1, got sizes={list(sizes)} repeats={repeats}")
     image_idx = np.repeat(np.arange(counts.size, dtype=np.int64), counts * repeats)

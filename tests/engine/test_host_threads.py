@@ -50,6 +50,27 @@ def test_apply_sets_and_reports_the_count(restore_threads, monkeypatch):
     assert apply_cpu_threads(cfg) == target
 
 
+@pytest.mark.parametrize("cuda_available, env, expected_reason, one_thread", [
+    (True, None, "automatic on CUDA", True),
+    (False, None, "PyTorch's default on the CPU", False),  # train.device=cuda without CUDA: the run is on the CPU
+    (True, "3", "OMP_NUM_THREADS", False),
+])
+def test_the_automatic_setting_on_a_cuda_config(cuda_available, env, expected_reason, one_thread, restore_threads,
+                                                 monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda_available)
+    if env is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", env)
+    torch.set_num_threads(2)
+    cfg = OmegaConf.create({"train": {"device": "cuda", "cpu_threads": None}})
+    with log_records("neo_rtdetr") as records:
+        threads = apply_cpu_threads(cfg)
+    assert threads == torch.get_num_threads() == (1 if one_thread else 2)
+    assert any(f"intra-op CPU threads of this process: {threads} ({expected_reason})" in r.getMessage()
+               for r in records), [r.getMessage() for r in records]
+
+
 def test_do_train_sets_the_threads_before_building_the_model(restore_threads, tmp_path, monkeypatch):
     seen = []
 

@@ -24,7 +24,9 @@ def test_tiles_each_image_run_in_order():
     assert slot_idx.tolist() == [0, 1, 0, 1, 0, 0]
 
 
-@pytest.mark.parametrize("sizes, repeats", [([2, -1], 1), ([2], 0)])
-def test_refuses_bad_counts(sizes, repeats):
-    with pytest.raises(ValueError, match="box counts must be >= 0 and repeats >= 1"):
+@pytest.mark.parametrize("sizes, repeats, message", [
+    ([2, -1], 1, "must be >= 0"), ([2], 0, "repeats >= 1"), ([2.7, 1], 1, "must be integers"),
+])
+def test_refuses_bad_counts(sizes, repeats, message):
+    with pytest.raises(ValueError, match=message):
         target_slots(sizes, repeats)
