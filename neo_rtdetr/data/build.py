@@ -44,6 +44,8 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils import comm
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
+from .packed_batch import PackedBatch
+
 __all__ = [
     "RTDETRTrainLoader",
     "build_rtdetr_train_loader",
@@ -341,7 +343,8 @@ class RTDETRTrainLoader:
             batch_size=None,
             sampler=_BatchDescriptorSampler(self, self.start_iter),
             num_workers=workers,
-            collate_fn=_identity,
+            # a worker sends its batch as one shared-memory buffer (neo_rtdetr/data/packed_batch.py), not one per tensor
+            collate_fn=PackedBatch.pack if workers > 0 else _identity,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=workers > 0,
             # The workers' base seed comes from this generator, not from torch's global RNG, so that
@@ -364,7 +367,7 @@ class RTDETRTrainLoader:
                 if culprit:
                     raise RuntimeError(f"{str(e).rstrip('. ')}. The train loader's {culprit}.") from e
                 raise
-            yield batch
+            yield batch.unpack() if isinstance(batch, PackedBatch) else batch
 
 
 def _as_dataset(dataset):

@@ -75,7 +75,19 @@ def test_resume_continues_the_exact_sample_order(train_dicts):
     loader_mp = build_rtdetr_train_loader(dataset=data, mapper=mapper, total_batch_size=3, num_workers=2, seed=5)
     mp = _take(loader_mp, 3, start=5)
     assert _ids(mp) == _ids(full[5:8])
-    assert all(torch.equal(a["image"], b["image"]) for a, b in zip(itertools.chain(*mp), itertools.chain(*full[5:8])))
+    for a, b in zip(itertools.chain(*mp), itertools.chain(*full[5:8])):
+        assert a.keys() == b.keys() and a["file_name"] == b["file_name"]
+        assert torch.equal(a["image"], b["image"]) and a["image"].dtype == b["image"].dtype
+        for field in ("gt_boxes", "gt_classes", TARGET_BOXES_FIELD):
+            x, y = a["instances"].get(field), b["instances"].get(field)
+            x, y = getattr(x, "tensor", x), getattr(y, "tensor", y)
+            assert torch.equal(x, y) and x.dtype == y.dtype, field
+    # ... sent as one buffer per batch (neo_rtdetr/data/packed_batch.py): every tensor of a batch lives in it
+    for batch in mp:
+        storages = {t.untyped_storage().data_ptr() for d in batch
+                    for t in (d["image"], d["instances"].gt_classes, d["instances"].gt_boxes.tensor)}
+        assert len(storages) == 1
+    assert len({d["image"].untyped_storage().data_ptr() for d in full[5]}) == len(full[5])  # (in-process: not packed)
     # another seed gives another order
     other = build_rtdetr_train_loader(dataset=data, mapper=mapper, total_batch_size=3, num_workers=0, seed=6)
     assert _ids(_take(other, 3)) != _ids(full[:3])
