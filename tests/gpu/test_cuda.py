@@ -5,6 +5,8 @@ import torch
 
 from detectron2.config import LazyConfig, instantiate
 
+from neo_rtdetr.data.dataset_mapper import RTDETRDatasetMapper
+
 pytestmark = pytest.mark.gpu
 
 
@@ -194,3 +196,27 @@ def test_compiled_training_computes_the_eager_gradients(mode, monkeypatch):
         rel = float((got_grad - ref_grad).norm() / ref_grad.norm())
         cosine = float(torch.nn.functional.cosine_similarity(got_grad, ref_grad, dim=0))
         assert rel < 1e-2 and cosine > 0.9999, (step, rel, cosine)
+
+
+
+class _ConstantImageMapper(RTDETRDatasetMapper):
+    """No files: a constant 32x32 image whose value is the image id."""
+
+    def _read_image(self, dataset_dict):
+        return torch.full((32, 32, 3), dataset_dict["image_id"], dtype=torch.uint8).numpy()
+
+def test_packed_batches_arrive_pinned_through_the_loader():
+    """With CUDA the train loader pins each worker's packed batch once: every tensor of the batch is a pinned view."""
+    from detectron2.data import transforms as T
+
+    from neo_rtdetr.data.build import build_rtdetr_train_loader
+
+    dicts = [{"file_name": f"{i}.png", "image_id": i, "height": 32, "width": 32, "annotations": [
+        {"bbox": [4.0, 4.0, 10.0, 12.0], "bbox_mode": 1, "category_id": 0, "iscrowd": 0}]} for i in range(4)]
+    loader = build_rtdetr_train_loader(dataset=dicts, mapper=_ConstantImageMapper(is_train=True,
+                                       augmentations=[T.Resize((32, 32))]), total_batch_size=2, num_workers=1, seed=0)
+    batch = next(iter(loader))
+    tensors = [t for d in batch for t in (d["image"], d["instances"].gt_classes, d["instances"].gt_boxes.tensor)]
+    assert all(t.is_pinned() for t in tensors)
+    assert len({t.untyped_storage().data_ptr() for t in tensors}) == 1
+    assert [int(d["image"][0, 0, 0]) for d in batch] == [d["image_id"] for d in batch]
