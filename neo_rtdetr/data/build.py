@@ -270,7 +270,7 @@ class RTDETRTrainLoader:
         seed: base seed of the permutations, sample seeds and multi-scale sizes.
         start_iter: first iteration produced by the next ``iter()``.
         world_size, rank: from ``detectron2.utils.comm``.
-        multi_scale, multi_scale_stop_epoch: see :func:`build_rtdetr_train_loader`.
+        multi_scale, multi_scale_stop_epoch, pack_batches: see :func:`build_rtdetr_train_loader`.
     """
 
     def __init__(
@@ -281,6 +281,7 @@ class RTDETRTrainLoader:
         total_batch_size: int,
         num_workers: int = 4,
         pin_memory: bool = True,
+        pack_batches: bool = True,
         seed: int = 0,
         multi_scale: Optional[Sequence[int]] = None,
         multi_scale_stop_epoch: Optional[int] = None,
@@ -301,6 +302,7 @@ class RTDETRTrainLoader:
             raise ValueError(f"the dataset has {self.dataset_size} items, fewer than total_batch_size={total_batch_size}")
         self.num_workers = int(num_workers)
         self.pin_memory = bool(pin_memory)
+        self.pack_batches = bool(pack_batches)
         self.seed = _check_seed(seed)
         if multi_scale is not None:
             multi_scale = [int(s) for s in multi_scale]
@@ -344,7 +346,7 @@ class RTDETRTrainLoader:
             sampler=_BatchDescriptorSampler(self, self.start_iter),
             num_workers=workers,
             # a worker sends its batch as one shared-memory buffer (neo_rtdetr/data/packed_batch.py), not one per tensor
-            collate_fn=PackedBatch.pack if workers > 0 else _identity,
+            collate_fn=PackedBatch.pack if workers > 0 and self.pack_batches else _identity,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=workers > 0,
             # The workers' base seed comes from this generator, not from torch's global RNG, so that
@@ -388,6 +390,7 @@ def build_rtdetr_train_loader(
     total_batch_size: int,
     num_workers: int = 4,
     pin_memory: bool = True,
+    pack_batches: bool = True,
     seed: int = 0,
     multi_scale: Optional[Sequence[int]] = None,
     multi_scale_stop_epoch: Optional[int] = None,
@@ -403,6 +406,9 @@ def build_rtdetr_train_loader(
         total_batch_size: images per iteration over all ranks (a multiple of the world size).
         num_workers: DataLoader worker processes (0 = map in the main process).
         pin_memory: pin batches (only when CUDA is available).
+        pack_batches: a worker sends its batch as one shared-memory buffer
+            (:class:`~neo_rtdetr.data.packed_batch.PackedBatch`; its tensors must be plain CPU tensors without
+            autograd) instead of one per tensor; False: PyTorch's own per-tensor sharing.
         seed: base seed of the epoch permutations, the sample seeds and the multi-scale sizes.
         multi_scale: square sizes to resize each batch to (e.g. official
             ``[480, 512, ..., 800]``); None disables multi-scale.
@@ -422,6 +428,7 @@ def build_rtdetr_train_loader(
         total_batch_size=total_batch_size,
         num_workers=num_workers,
         pin_memory=pin_memory,
+        pack_batches=pack_batches,
         seed=seed,
         multi_scale=multi_scale,
         multi_scale_stop_epoch=multi_scale_stop_epoch,

@@ -37,7 +37,8 @@ class _TensorCollector(pickle.Pickler):
             if type(obj) is not Tensor or obj.requires_grad or obj.device.type != "cpu":
                 raise TypeError(
                     f"PackedBatch: only plain CPU tensors without autograd can be packed, got {type(obj).__name__} "
-                    f"on {obj.device} (requires_grad={obj.requires_grad})"
+                    f"on {obj.device} (requires_grad={obj.requires_grad}); a mapper that returns such tensors needs "
+                    "dataloader.train.pack_batches=False"
                 )
             self.tensors.append(obj)
             return (len(self.tensors) - 1,)

@@ -88,6 +88,12 @@ def test_resume_continues_the_exact_sample_order(train_dicts):
                     for t in (d["image"], d["instances"].gt_classes, d["instances"].gt_boxes.tensor)}
         assert len(storages) == 1
     assert len({d["image"].untyped_storage().data_ptr() for d in full[5]}) == len(full[5])  # (in-process: not packed)
+    # pack_batches=False: PyTorch's per-tensor sharing, the same batches
+    unpacked = _take(build_rtdetr_train_loader(dataset=data, mapper=mapper, total_batch_size=3, num_workers=1, seed=5,
+                                               pack_batches=False), 1, start=5)[0]
+    assert [d["image_id"] for d in unpacked] == [d["image_id"] for d in full[5]]
+    assert all(torch.equal(a["image"], b["image"]) for a, b in zip(unpacked, full[5]))
+    assert len({d["image"].untyped_storage().data_ptr() for d in unpacked}) == len(unpacked)
     # another seed gives another order
     other = build_rtdetr_train_loader(dataset=data, mapper=mapper, total_batch_size=3, num_workers=0, seed=6)
     assert _ids(_take(other, 3)) != _ids(full[:3])

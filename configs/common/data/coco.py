@@ -37,6 +37,7 @@ dataloader.train = L(build_rtdetr_train_loader)(
     total_batch_size=16,
     num_workers=8,  # per rank; ~20-30 img/s each with this pipeline (docs/performance.md)
     pin_memory=True,
+    pack_batches=True,  # a worker's batch as one shared-memory buffer (neo_rtdetr/data/packed_batch.py)
     seed="${train.seed}",
     multi_scale=[480, 512, 544, 576, 608, 640, 640, 640, 672, 704, 736, 768, 800],
     multi_scale_stop_epoch="${.mapper.stop_strong_augmentation_epoch}",
