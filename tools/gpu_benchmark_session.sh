@@ -15,7 +15,10 @@
 #             with its hooks (trainer_*: the trainer's own cost), each profiled (~8 min)
 #   msda      the Triton deformable-attention op per launch configuration vs grid_sample, R50 decoder shapes (~1 min)
 #   train     R50 640 training runs with the real data loader (synthetic COCO-sized JPEGs, fixed size 640):
-#             train.compile then eager, each with train.profile over 3 iterations; step and data time (~8 min)
+#             train.compile then eager, each with train.profile over 3 iterations; step and data time (~8 min);
+#             TRAIN_RUNS picks runs, among them same-call comparisons (compiled_unpacked, eager_unpacked,
+#             eager_threads16: without the packed batches, with PyTorch's default threads)
+# TESTS_K: a pytest -k expression for the tests part (e.g. "packed or triton")
 #
 # BASE_TREE: optional checkout of an earlier commit (e.g. `git archive <commit> | tar -x -C .bench_base`): its
 # tools/benchmark.py runs first on the same card, and this tree's rows get a ratio column against it.
@@ -34,7 +37,7 @@ start=$(date +%s); step() { echo "[$(( $(date +%s) - start )) s] $*"; }
 PARTS="${PARTS:-tests bench data e2e compiled train msda}"; want() { case " $PARTS " in *" $1 "*) return 0;; esac; return 1; }
 
 if want tests; then
-  timeout 540 python3 -m pytest -q -m gpu tests/gpu -p no:cacheprovider > "$OUT/gpu_tests.log" 2>&1
+  timeout 540 python3 -m pytest -q -m gpu tests/gpu -p no:cacheprovider ${TESTS_K:+-k "$TESTS_K"} > "$OUT/gpu_tests.log" 2>&1
   tail -3 "$OUT/gpu_tests.log"; step gpu tests
 fi
 baseline=()
@@ -87,13 +90,22 @@ if want train; then
   fixed=(+dataloader.datasets.0.num_train="${TRAIN_IMAGES:-512}" dataloader.train.total_batch_size="$batch"
          dataloader.train.multi_scale=null train.eval_period_epochs=0
          train.checkpoint_period_epochs=0 train.log_period=20 train.profile.enabled=True ${extra[@]+"${extra[@]}"})
+  for name in ${TRAIN_RUNS:-}; do
+    case " compiled compiled_unpacked eager eager_unpacked eager_threads16 " in *" $name "*) ;;
+      *) echo "train: unknown run '$name' in TRAIN_RUNS (compiled compiled_unpacked eager eager_unpacked eager_threads16)";; esac
+  done
+  # name, time limit (s), iterations, the run's own overrides; the *_unpacked and *_threads16 runs are the same-call
+  # comparisons for the packed batches and the intra-op threads (a second compiled run finds inductor's cache warm)
   for run in "compiled 400 400 train.compile.enabled=True train.profile.start_iter=300" \
-             "eager 150 200 train.compile.enabled=False train.profile.start_iter=150"; do
+             "compiled_unpacked 300 400 train.compile.enabled=True train.profile.start_iter=300 dataloader.train.pack_batches=False" \
+             "eager 150 200 train.compile.enabled=False train.profile.start_iter=150" \
+             "eager_unpacked 150 200 train.compile.enabled=False train.profile.start_iter=150 dataloader.train.pack_batches=False" \
+             "eager_threads16 150 200 train.compile.enabled=False train.profile.start_iter=150 train.cpu_threads=16"; do
     set -- $run
     case " ${TRAIN_RUNS:-compiled eager} " in *" $1 "*) ;; *) echo "train: skipping $1 (TRAIN_RUNS=$TRAIN_RUNS)"; continue;; esac
     rm -rf "/tmp/train_$1"
     timeout -k 30 -s INT "$2" python3 tools/lazyconfig_train_net.py \
-      --config-file "${TRAIN_CONFIG:-configs/rtdetr_r50_synthetic640_h100.py}" train.max_iter="$3" "$4" "$5" \
+      --config-file "${TRAIN_CONFIG:-configs/rtdetr_r50_synthetic640_h100.py}" train.max_iter="$3" "${@:4}" \
       train.output_dir="/tmp/train_$1" "${fixed[@]}" > "$OUT/train_$1.log" 2>&1
     cp "/tmp/train_$1/metrics.json" "$OUT/train_$1_metrics.json" 2>/dev/null
     for f in /tmp/train_$1/profile/*; do [ -f "$f" ] && cp "$f" "$OUT/train_$1_$(basename "$f")"; done
