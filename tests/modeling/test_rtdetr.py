@@ -241,12 +241,16 @@ def test_seed_bug_background_class_labels():
 
 
 def test_overfits_two_images():
-    """A tiny model learns 2 images to near-perfect boxes in a few hundred CPU steps."""
+    """A tiny model learns 2 images to near-perfect boxes in 150 CPU steps.
+
+    (At lr 1e-3 the boxes pass from step 60 on for this seed and two others, with one miss at step 100 for one of
+    them; 150 steps leave a margin. It was 300 steps at 3e-4, the suite's slowest test.)
+    """
     torch.manual_seed(0)
     model = tiny_model(num_classes=3).train()
     batch = make_inputs([(64, 64), (64, 64)], [2, 1], num_classes=3, seed=1)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
-    for _ in range(300):
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for _ in range(150):
         loss = sum(model(batch).values())
         opt.zero_grad()
         loss.backward()
