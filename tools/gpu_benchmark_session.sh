@@ -17,7 +17,10 @@
 #   train     R50 640 training runs with the real data loader (synthetic COCO-sized JPEGs, fixed size 640):
 #             train.compile then eager, each with train.profile over 3 iterations; step and data time (~8 min);
 #             TRAIN_RUNS picks runs, among them same-call comparisons (compiled_unpacked, eager_unpacked,
-#             eager_threads16: without the packed batches, with PyTorch's default threads)
+#             eager_threads16: without the packed batches, with 16 intra-op threads); the runs share the call's
+#             SESSION_LIMIT (570 s). Fit in one call: "compiled compiled_unpacked" with TRAIN_IMAGES=256 and
+#             TRAIN_EXTRA="train.max_iter=300 train.profile.start_iter=250" (~8 min; the second compile is warm), or
+#             the three eager runs (~5 min)
 # TESTS_K: a pytest -k expression for the tests part (e.g. "packed or triton")
 #
 # BASE_TREE: optional checkout of an earlier commit (e.g. `git archive <commit> | tar -x -C .bench_base`): its
@@ -101,14 +104,18 @@ if want train; then
   # name, time limit (s), iterations, the run's own overrides; the *_unpacked and *_threads16 runs are the same-call
   # comparisons for the packed batches and the intra-op threads (a second compiled run finds inductor's cache warm)
   for run in "compiled 400 400 train.compile.enabled=True train.profile.start_iter=300" \
-             "compiled_unpacked 300 400 train.compile.enabled=True train.profile.start_iter=300 dataloader.train.pack_batches=False" \
+             "compiled_unpacked 400 400 train.compile.enabled=True train.profile.start_iter=300 dataloader.train.pack_batches=False" \
              "eager 150 200 train.compile.enabled=False train.profile.start_iter=150" \
              "eager_unpacked 150 200 train.compile.enabled=False train.profile.start_iter=150 dataloader.train.pack_batches=False" \
              "eager_threads16 150 200 train.compile.enabled=False train.profile.start_iter=150 train.cpu_threads=16"; do
     set -- $run
     case " ${TRAIN_RUNS:-compiled eager} " in *" $1 "*) ;; *) echo "train: skipping $1 (TRAIN_RUNS=$TRAIN_RUNS)"; continue;; esac
+    # the runs share the call's time (SESSION_LIMIT, default 570 s of a lent machine's 600 s per command): a run gets
+    # at most what is left, less 40 s for its interrupt, kill and copies, and is skipped under 60 s
+    limit=$(( ${SESSION_LIMIT:-570} - ($(date +%s) - start) - 40 )); [ "$limit" -gt "$2" ] && limit=$2
+    if [ "$limit" -lt 60 ]; then echo "train: no time left for $1 (${limit} s)"; continue; fi
     rm -rf "/tmp/train_$1"
-    timeout -k 30 -s INT "$2" python3 tools/lazyconfig_train_net.py \
+    timeout -k 30 -s INT "$limit" python3 tools/lazyconfig_train_net.py \
       --config-file "${TRAIN_CONFIG:-configs/rtdetr_r50_synthetic640_h100.py}" train.max_iter="$3" "${@:4}" \
       train.output_dir="/tmp/train_$1" "${fixed[@]}" > "$OUT/train_$1.log" 2>&1
     cp "/tmp/train_$1/metrics.json" "$OUT/train_$1_metrics.json" 2>/dev/null

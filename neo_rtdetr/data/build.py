@@ -228,7 +228,7 @@ class _BatchMapDataset(Dataset):
                              f"for iteration {iteration}")
             else:
                 lines.append(f"worker {worker_id} (pid {pid}) died between samples of iteration {iteration} "
-                             "(e.g. in the multi-scale resize)")
+                             "(e.g. in the multi-scale resize, or packing the batch into shared memory)")
         return "; ".join(lines)
 
     def map_one(self, index: int, epoch: int, iteration: int) -> Dict:

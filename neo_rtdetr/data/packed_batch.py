@@ -11,11 +11,17 @@ aligned offsets, and pickles the rest of the batch (dicts, ``Instances``, ``Boxe
 replaced by its place in the buffer. The worker copies each tensor once, as PyTorch would have done to share it.
 :meth:`PackedBatch.unpack` (in the training process) unpickles the batch with every tensor a view into the buffer:
 one descriptor per batch, and one pinning copy when the loader pins memory.
+
+Differences from PyTorch's per-tensor sharing: a tensor comes back contiguous (strides are not kept), and every
+tensor of a batch is a view of the one buffer, so a tensor kept past the step (by a hook, a visualiser) keeps the whole
+batch's buffer alive: ``.clone()`` what you keep. The same tensor object appearing twice in a batch comes back as one
+object; distinct views of one storage come back as distinct tensors. ``dataloader.train.pack_batches=False`` turns
+packing off.
 """
 
 import io
 import pickle
-from typing import Any, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 import torch
 from torch import Tensor
@@ -31,18 +37,24 @@ class _TensorCollector(pickle.Pickler):
     def __init__(self, file):
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
         self.tensors: List[Tensor] = []
+        self._index_of: Dict[int, int] = {}  # id(tensor) -> index (pickle asks persistent_id before its memo)
 
     def persistent_id(self, obj):
-        if isinstance(obj, Tensor):
-            if type(obj) is not Tensor or obj.requires_grad or obj.device.type != "cpu":
+        if not isinstance(obj, Tensor):
+            return None
+        index = self._index_of.get(id(obj))
+        if index is None:
+            if (type(obj) is not Tensor or obj.requires_grad or obj.device.type != "cpu"
+                    or obj.layout is not torch.strided or obj.is_quantized or obj.is_nested):
                 raise TypeError(
-                    f"PackedBatch: only plain CPU tensors without autograd can be packed, got {type(obj).__name__} "
-                    f"on {obj.device} (requires_grad={obj.requires_grad}); a mapper that returns such tensors needs "
+                    f"PackedBatch: only plain dense CPU tensors without autograd can be packed, got "
+                    f"{type(obj).__name__} on {obj.device} (layout={obj.layout}, quantized={obj.is_quantized}, "
+                    f"requires_grad={obj.requires_grad}); a mapper that returns such tensors needs "
                     "dataloader.train.pack_batches=False"
                 )
+            index = self._index_of[id(obj)] = len(self.tensors)
             self.tensors.append(obj)
-            return (len(self.tensors) - 1,)
-        return None
+        return (index,)
 
 
 class _TensorViews(pickle.Unpickler):
@@ -52,11 +64,15 @@ class _TensorViews(pickle.Unpickler):
         super().__init__(file)
         self.buffer = buffer
         self.layout = layout
+        self._views: Dict[int, Tensor] = {}
 
     def persistent_load(self, pid):
         (index,) = pid
-        offset, nbytes, dtype, shape = self.layout[index]
-        return self.buffer[offset : offset + nbytes].view(dtype).view(shape)
+        view = self._views.get(index)
+        if view is None:
+            offset, nbytes, dtype, shape = self.layout[index]
+            view = self._views[index] = self.buffer[offset : offset + nbytes].view(dtype).view(shape)
+        return view
 
 
 class PackedBatch:
@@ -78,7 +94,8 @@ class PackedBatch:
         """Pack ``batch`` (any picklable structure holding CPU tensors).
 
         Args:
-            batch: e.g. the ``list[dict]`` of mapped samples; tensors may be non-contiguous (they are copied).
+            batch: e.g. the ``list[dict]`` of mapped samples; tensors may be non-contiguous (they are copied and come
+                back contiguous).
             shared: allocate the buffer in shared memory (what a worker sends to the training process without
                 another copy).
 
@@ -94,7 +111,7 @@ class PackedBatch:
             nbytes = t.numel() * t.element_size()
             layout.append((total, nbytes, t.dtype, tuple(t.shape)))
             total += -(-nbytes // _ALIGN) * _ALIGN
-        if shared:
+        if shared:  # (what torch's default_collate does in a worker: a storage allocated in shared memory)
             buffer = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(total))
         else:
             buffer = torch.empty(total, dtype=torch.uint8)

@@ -60,11 +60,41 @@ def test_unpacks_to_the_same_batch_with_views_into_one_buffer(shared):
             assert 0 <= offset < max(packed.buffer.numel(), 1) and offset % 64 == 0
 
 
-def test_refuses_tensors_it_cannot_rebuild():
-    with pytest.raises(TypeError, match="only plain CPU tensors without autograd"):
-        PackedBatch.pack([{"w": torch.zeros(2, requires_grad=True)}])
-    with pytest.raises(TypeError, match="only plain CPU tensors without autograd"):
-        PackedBatch.pack([{"w": torch.nn.Parameter(torch.zeros(2))}])
+@pytest.mark.parametrize("tensor", [
+    torch.zeros(2, requires_grad=True), torch.nn.Parameter(torch.zeros(2)), torch.zeros(3).to_sparse(),
+    torch.quantize_per_tensor(torch.rand(3), 0.1, 0, torch.quint8),
+], ids=["requires_grad", "parameter", "sparse", "quantized"])
+def test_refuses_tensors_it_cannot_rebuild(tensor):
+    with pytest.raises(TypeError, match="only plain dense CPU tensors without autograd.*pack_batches=False"):
+        PackedBatch.pack([{"w": tensor}])
+
+
+def test_a_tensor_twice_in_the_batch_is_packed_once_and_comes_back_as_one_object():
+    boxes = torch.rand(3, 4)
+    packed = PackedBatch.pack([{"a": boxes, "b": [boxes]}, {"c": torch.ones(2)}])
+    assert len(packed.layout) == 2
+    out = packed.unpack()
+    assert out[0]["a"] is out[0]["b"][0] and torch.equal(out[0]["a"], boxes)
+
+
+def test_the_loaders_pin_memory_pins_the_whole_buffer_once(monkeypatch):
+    """torch's DataLoader pins a worker's result with ``_utils.pin_memory.pin_memory``: for a PackedBatch that must
+    reach :meth:`PackedBatch.pin_memory` (one copy of the buffer), whose views then all lie in the pinned copy."""
+    from torch.utils.data._utils.pin_memory import pin_memory
+
+    pinned_calls = []
+
+    def fake_pin(self, *args, **kwargs):  # (no CUDA here: a copy stands for the page-locked one)
+        pinned_calls.append(self.numel())
+        return self.clone()
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", fake_pin)
+    packed = PackedBatch.pack(_batch())
+    result = pin_memory(packed)
+    assert isinstance(result, PackedBatch) and pinned_calls == [packed.buffer.numel()]
+    assert result.buffer.data_ptr() != packed.buffer.data_ptr()
+    start, end = result.buffer.data_ptr(), result.buffer.data_ptr() + result.buffer.numel()
+    assert all(start <= t.data_ptr() < end for t in _walk(result.unpack()) if t.numel())
 
 
 def test_a_batch_without_tensors():

@@ -198,12 +198,12 @@ def test_compiled_training_computes_the_eager_gradients(mode, monkeypatch):
         assert rel < 1e-2 and cosine > 0.9999, (step, rel, cosine)
 
 
-
 class _ConstantImageMapper(RTDETRDatasetMapper):
     """No files: a constant 32x32 image whose value is the image id."""
 
     def _read_image(self, dataset_dict):
         return torch.full((32, 32, 3), dataset_dict["image_id"], dtype=torch.uint8).numpy()
+
 
 def test_packed_batches_arrive_pinned_through_the_loader():
     """With CUDA the train loader pins each worker's packed batch once: every tensor of the batch is a pinned view."""
