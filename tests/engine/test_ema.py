@@ -144,6 +144,21 @@ def test_ema_tracks_tensors_reassigned_after_the_first_update():
     torch.testing.assert_close(ema.module[0].weight, 0.5 * before_w + 0.5 * 2.0)
 
 
+def test_ema_keeps_its_dtype_when_the_model_changes_its_own():
+    """An entry whose dtype differs from the EMA's (here the whole model converted to float64 after the first
+    update) is converted for the update: the EMA stays float32 and still moves towards the model."""
+    model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    ema = ModelEMA(model, decay=0.5, warmups=0)
+    ema.update(model)
+    model.double()
+    with torch.no_grad():
+        model[0].weight.fill_(3.0)
+    before = ema.module[0].weight.clone()
+    ema.update(model)
+    assert ema.module[0].weight.dtype == torch.float32
+    torch.testing.assert_close(ema.module[0].weight, 0.5 * before + 1.5)
+
+
 def test_ema_follows_a_model_moved_after_the_first_update(monkeypatch):
     """The device check runs every step (first entry only): a model moved after the first update takes the EMA
     copy with it once, instead of a cross-device copy of every tensor at every step (here the 'meta' device)."""
