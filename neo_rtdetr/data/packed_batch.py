@@ -100,8 +100,8 @@ class PackedBatch:
                 another copy).
 
         Raises:
-            TypeError: a tensor is on an accelerator, requires grad or is a subclass (those cannot be rebuilt as
-                views of a byte buffer).
+            TypeError: a tensor is on an accelerator, requires grad, is a subclass, sparse, quantized or nested
+                (those cannot be rebuilt as views of a byte buffer).
         """
         file = io.BytesIO()
         collector = _TensorCollector(file)

@@ -5,7 +5,7 @@ PyTorch parallel region (``torch.repeat_interleave`` on the host opens one over 
 handful of elements, which costs milliseconds when the data loader's workers keep the cores busy).
 """
 
-from typing import Sequence, Tuple
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -14,7 +14,7 @@ from torch import Tensor
 __all__ = ["target_slots"]
 
 
-def target_slots(sizes: Sequence[int], repeats: int = 1) -> Tuple[Tensor, Tensor]:
+def target_slots(sizes: Sequence[int], repeats: int = 1) -> Tensor:
     """Image and slot index of every box, image-major, each image's boxes tiled ``repeats`` times.
 
     Args:
@@ -22,8 +22,9 @@ def target_slots(sizes: Sequence[int], repeats: int = 1) -> Tuple[Tensor, Tensor
         repeats: how many times each image's run of boxes is tiled (the denoising groups); 1 = once.
 
     Returns:
-        ``(image_idx, slot_idx)``: host int64 tensors of length ``sum(sizes) * repeats``. For image ``b`` with
-        ``n`` boxes the entries are ``b`` and ``0..n-1`` repeated ``repeats`` times, in that order.
+        [2, sum(sizes) * repeats] host int64 tensor: row 0 the image index, row 1 the slot index (one tensor: the
+        callers copy it to the device in one go). For image ``b`` with ``n`` boxes the columns are ``b`` and
+        ``0..n-1`` repeated ``repeats`` times, in that order.
     """
     counts = np.asarray(sizes).reshape(-1)
     if counts.size and counts.dtype.kind not in "iu":
@@ -34,4 +35,4 @@ def target_slots(sizes: Sequence[int], repeats: int = 1) -> Tuple[Tensor, Tensor
     image_idx = np.repeat(np.arange(counts.size, dtype=np.int64), counts * repeats)
     slot_idx = np.concatenate([np.tile(np.arange(n, dtype=np.int64), repeats) for n in counts.tolist()] or
                               [np.zeros(0, dtype=np.int64)])
-    return torch.from_numpy(image_idx), torch.from_numpy(slot_idx)
+    return torch.from_numpy(np.stack([image_idx, slot_idx]))

@@ -11,7 +11,9 @@ from neo_rtdetr.utils.target_slots import target_slots
     ([3, 0, 2], 1), ([3, 0, 2], 4), ([0, 0], 2), ([], 1), ([1], 1), ([5, 1, 0, 7], 3),
 ])
 def test_matches_the_repeat_interleave_formulation(sizes, repeats):
-    image_idx, slot_idx = target_slots(sizes, repeats)
+    slots = target_slots(sizes, repeats)
+    assert slots.shape == (2, sum(sizes) * repeats)
+    image_idx, slot_idx = slots
     expected_image = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes, dtype=torch.int64) * repeats)
     expected_slot = torch.cat([torch.arange(n).repeat(repeats) for n in sizes] + [torch.zeros(0, dtype=torch.int64)])
     assert image_idx.dtype == slot_idx.dtype == torch.int64
@@ -19,7 +21,7 @@ def test_matches_the_repeat_interleave_formulation(sizes, repeats):
 
 
 def test_tiles_each_image_run_in_order():
-    image_idx, slot_idx = target_slots([2, 1], 2)
+    image_idx, slot_idx = target_slots([2, 1], 2)  # rows
     assert image_idx.tolist() == [0, 0, 0, 0, 1, 1]
     assert slot_idx.tolist() == [0, 1, 0, 1, 0, 0]
 

@@ -225,8 +225,7 @@ class PaddedTargets:
         boxes = torch.full((len(sizes), n_max, 4), 0.5, dtype=boxes_flat.dtype, device=device)
         if labels_flat.numel():
             # slot (image, j) of every box, built on the host from the sizes (no device sync)
-            image_idx, slot_idx = target_slots(sizes)
-            image_idx, slot_idx = to_device(torch.stack([image_idx, slot_idx]), device).unbind(0)
+            image_idx, slot_idx = to_device(target_slots(sizes), device).unbind(0)
             labels[image_idx, slot_idx] = labels_flat
             boxes[image_idx, slot_idx] = boxes_flat
         return cls(sizes, labels_flat, labels, boxes)

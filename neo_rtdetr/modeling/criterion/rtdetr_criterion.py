@@ -298,9 +298,9 @@ class RTDETRCriterion(nn.Module):
     def _dn_pairs(dn_meta, sizes: List[int], num_sets: int, device: torch.device) -> Tensor:
         """[4, P] pairs of the fixed CDN assignment (positive dn query <-> gt tiled over the groups), every set."""
         group = int(dn_meta["dn_num_group"])
-        batch_idx, slot_idx = target_slots(sizes, group)
-        num_pairs = int(batch_idx.numel())
-        host = to_device(torch.stack([batch_idx, slot_idx]), device)
+        slots = target_slots(sizes, group)
+        num_pairs = int(slots.shape[1])
+        host = to_device(slots, device)
         src_idx = to_device(torch.cat([p.reshape(-1) for p in dn_meta["dn_positive_idx"]]), device, torch.int64)
         set_idx = torch.arange(num_sets, device=device).repeat_interleave(num_pairs)
         return torch.stack([set_idx, host[0].repeat(num_sets), src_idx.repeat(num_sets), host[1].repeat(num_sets)])

@@ -106,8 +106,7 @@ def get_contrastive_denoising_training_group(
         query_box[..., :2] = 0.5
         query_box[..., 2:] = 0.1
     else:
-        image_idx, slot_idx = target_slots(num_gts)
-        image_idx, slot_idx = to_device(torch.stack([image_idx, slot_idx]), device).unbind(0)
+        image_idx, slot_idx = to_device(target_slots(num_gts), device).unbind(0)
         query_class[image_idx, slot_idx] = to_device(torch.cat([t["labels"] for t in targets]), device, torch.int32)
         query_box[image_idx, slot_idx] = to_device(torch.cat([t["boxes"] for t in targets]), device, _NOISE_DTYPE)
         pad_gt_mask[image_idx, slot_idx] = True
