@@ -9,6 +9,11 @@ collate, pinned memory) is iterated for ``--batches`` batches after ``--warmup``
 reported, and with ``--target-img-per-s`` (e.g. the GPU's train-step rate from tools/benchmark.py) whether the GPU
 would wait on data. ``0`` workers maps in the main process: its rate is one worker's.
 
+Warm-up: ``--warmup`` batches plus the workers' first wave (``2 × workers`` batches, PyTorch's prefetch factor).
+The workers start together and the batches they prefetched arrive in a burst; a window that begins inside that burst
+overstates the steady rate (on the lent H200 machine, 20 batches after 3 of warm-up at 12 workers once read 719 img/s;
+96-batch windows in another call read 228-239).
+
 ``main_cpu_ms_per_batch``: the CPU time of the training process itself (all its threads: receiving each batch from
 the workers, rebuilding its tensors from shared memory, pinning) per batch. A training step shares the process, so
 this time is taken from the step's host side (with workers; with 0 workers it is the whole mapping).
@@ -22,6 +27,9 @@ import time
 
 # configs under projects/<Name>/ import their code as projects.<Name>: the repository root must be importable
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+_PREFETCH_FACTOR = 2  # torch.utils.data.DataLoader's default, which the train loader keeps
 
 
 def parse_args(argv=None):
@@ -57,7 +65,8 @@ def main(argv=None) -> int:
         cfg.dataloader.train.num_workers = workers
         loader = instantiate(cfg.dataloader.train)
         it = iter(loader)
-        for _ in range(args.warmup):
+        warmup = args.warmup + _PREFETCH_FACTOR * workers  # the first wave of prefetched batches, then steady state
+        for _ in range(warmup):
             next(it)
         start, cpu_start = time.perf_counter(), time.process_time()
         images = 0
@@ -66,7 +75,8 @@ def main(argv=None) -> int:
         elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
         rate = images / elapsed
         row = {"workers": workers, "img_per_s": rate, "per_worker_img_per_s": rate / max(workers, 1),
-               "ms_per_batch": 1e3 * elapsed / args.batches, "main_cpu_ms_per_batch": 1e3 * cpu / args.batches}
+               "ms_per_batch": 1e3 * elapsed / args.batches, "main_cpu_ms_per_batch": 1e3 * cpu / args.batches,
+               "warmup_batches": warmup}
         if args.target_img_per_s:
             row["keeps_up"] = rate >= args.target_img_per_s
         rows.append(row)

@@ -56,15 +56,15 @@ if want bench; then
 fi
 if want data; then
   timeout 150 python3 tools/benchmark_data.py --config-file configs/rtdetr_r50_synthetic640_h100.py \
-    --workers 4,8,12,16 --batches 20 --warmup 3 --output "$OUT/data.json" dataloader.datasets.0.num_train=256 \
+    --workers 4,8,12,16 --batches 60 --warmup 3 --output "$OUT/data.json" dataloader.datasets.0.num_train=256 \
     > "$OUT/data.log" 2>&1
   echo "sharing strategy file_system (tensors passed as shared-memory files):" >> "$OUT/data.log"
   timeout 60 python3 tools/benchmark_data.py --config-file configs/rtdetr_r50_synthetic640_h100.py \
-    --workers 12 --batches 20 --warmup 3 --sharing-strategy file_system --output "$OUT/data_file_system.json" \
+    --workers 12 --batches 60 --warmup 3 --sharing-strategy file_system --output "$OUT/data_file_system.json" \
     dataloader.datasets.0.num_train=256 >> "$OUT/data.log" 2>&1
   echo "pack_batches=False (PyTorch's per-tensor sharing):" >> "$OUT/data.log"
   timeout 60 python3 tools/benchmark_data.py --config-file configs/rtdetr_r50_synthetic640_h100.py \
-    --workers 12 --batches 20 --warmup 3 --output "$OUT/data_unpacked.json" \
+    --workers 12 --batches 60 --warmup 3 --output "$OUT/data_unpacked.json" \
     dataloader.datasets.0.num_train=256 dataloader.train.pack_batches=False >> "$OUT/data.log" 2>&1
   grep -E "^workers|^sharing|^pack" "$OUT/data.log"; step data
 fi

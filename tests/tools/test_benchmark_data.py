@@ -21,6 +21,7 @@ def test_rows_per_worker_count_with_the_process_cpu_time(tmp_path):
     assert result["sharing_strategy"] == "file_system"  # (torch's default on Linux: file_descriptor)
     for r in result["rows"]:
         assert r["img_per_s"] > 0 and r["ms_per_batch"] > 0 and r["main_cpu_ms_per_batch"] > 0
+        assert r["warmup_batches"] == 1 + 2 * r["workers"]  # the workers' first wave is not timed
         assert abs(r["img_per_s"] * r["ms_per_batch"] / 1e3 - result["batch_size"]) < 1e-6 * result["batch_size"]
     # with no workers the process maps every sample itself: its CPU time is most of the batch time
     main = result["rows"][0]
