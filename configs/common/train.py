@@ -27,7 +27,8 @@ train = dict(
     # eager (without the EMA, evaluation runs the compiled model, which compiles its eval graphs too; untimed).
     # Under DDP on several GPUs: not run yet (docs/multi_gpu.md). Meant for CUDA: mode="reduce-overhead" also
     # replays the static-shape parts as CUDA graphs (R50 640, batch 16, bf16 on an H200: the bare train step 2.0-2.7x
-    # eager, a training run with the data loader and EMA 2.3x, 192.6 img/s; docs/performance.md runs K, L, S) and is
+    # eager; a training run with the data loader and EMA 2.3x eager in run S, 217.2 img/s in run V; docs/performance.md
+    # runs K, L, S, V) and is
     # refused on CPU (there: mode=None). Cost: the first
     # step at every new input size compiles, minutes per size for R50 on a GPU, and multi-scale training has 11
     # distinct sizes. Turn it on from the command line: train.compile.enabled=True (mode: None | "default" |
