@@ -23,17 +23,15 @@ train = dict(
     sync_bn=True,  # BatchNorm -> SyncBatchNorm when several processes train (official runtime.yml; CUDA only)
     ddp=dict(broadcast_buffers=False, find_unused_parameters=False, fp16_compression=False),
     # torch.compile of the training model (neo_rtdetr/engine/compile.py: backbone, encoder, decoder with its
-    # denoising queries padded to a fixed count, criterion loss terms); the EMA copy used for evaluation stays
-    # eager (without the EMA, evaluation runs the compiled model, which compiles its eval graphs too; untimed).
-    # Under DDP on several GPUs: not run yet (docs/multi_gpu.md). Meant for CUDA: mode="reduce-overhead" also
-    # replays the static-shape parts as CUDA graphs (R50 640, batch 16, bf16 on an H200: the bare train step 2.0-2.7x
-    # eager; a training run with the data loader and EMA 2.3x eager in run S, 217.2 img/s in run V; docs/performance.md
-    # runs K, L, S, V) and is
-    # refused on CPU (there: mode=None). Cost: the first
-    # step at every new input size compiles, minutes per size for R50 on a GPU, and multi-scale training has 11
-    # distinct sizes. Turn it on from the command line: train.compile.enabled=True (mode: None | "default" |
-    # "reduce-overhead" | "max-autotune-no-cudagraphs" | "max-autotune", None written null on the command line;
-    # backend: a torch.compile backend).
+    # denoising queries padded to a fixed count, criterion loss terms); the EMA copy used for evaluation stays eager
+    # (without the EMA, evaluation runs the compiled model, which compiles its eval graphs too; untimed). Under DDP
+    # on several GPUs: not run yet (docs/multi_gpu.md). Meant for CUDA: mode="reduce-overhead" also replays the
+    # static-shape parts as CUDA graphs (R50 640, batch 16, bf16 on an H200: the bare train step 2.0-2.7x eager; a
+    # training run with the data loader and EMA 2.3x eager in run S, 217.2 img/s in run V; docs/performance.md runs
+    # K, L, S, V) and is refused on CPU (there: mode=None). Cost: the first step at every new input size compiles,
+    # minutes per size for R50 on a GPU, and multi-scale training has 11 distinct sizes. Turn it on from the command
+    # line: train.compile.enabled=True (mode: None | "default" | "reduce-overhead" | "max-autotune-no-cudagraphs" |
+    # "max-autotune", None written null on the command line; backend: a torch.compile backend).
     compile=dict(enabled=False, mode="reduce-overhead", backend="inductor"),
     # torch.profiler over a few iterations of this run (neo_rtdetr/engine/profiler_hook.py): a per-step summary
     # (wall vs device kernel time, host time per phase, host waits) and a Chrome trace under <output_dir>/profile/

@@ -8,7 +8,8 @@ workers keeping the cores busy, each region waits for threads that are not sched
 cores and 12 workers (docs/performance.md, run Q): the three host ``repeat_interleave`` calls of an R50 step took
 ~6 ms each (self time), and the training process burnt 0.75-0.9 s of CPU per step (five cores' worth) while the GPU
 ran 44-53 ms of kernels. With one thread and those calls gone (run S, another call on the same kind of machine) the
-compiled R50 step took 83.1 ms end to end instead of 117.9 ms, and the process 0.19 s of CPU per step.
+compiled R50 step took 83.1 ms end to end instead of 117.9 ms, and the process 0.19 s of CPU per step. In one call
+(run W, eager R50, the numpy slots in both): 151.5 ms per step with one thread, 167.3 ms with 16.
 
 ``torchrun`` does the same when it starts several processes on a machine (``OMP_NUM_THREADS=1`` unless set).
 """

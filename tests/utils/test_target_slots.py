@@ -21,7 +21,7 @@ def test_matches_the_repeat_interleave_formulation(sizes, repeats):
 
 
 def test_tiles_each_image_run_in_order():
-    image_idx, slot_idx = target_slots([2, 1], 2)  # rows
+    image_idx, slot_idx = target_slots([2, 1], 2)  # (the two rows of the [2, N] result)
     assert image_idx.tolist() == [0, 0, 0, 0, 1, 1]
     assert slot_idx.tolist() == [0, 1, 0, 1, 0, 0]
 
